@@ -1,0 +1,41 @@
+package main
+
+import (
+	"context"
+	"flag"
+
+	"github.com/parley-chat/parley/internal/auth"
+	"github.com/parley-chat/parley/internal/server"
+)
+
+func serve(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	var cfg server.Config
+	fs.StringVar(&cfg.Listen, "listen", "127.0.0.1:8080", "address to listen on")
+	fs.StringVar(&cfg.Data, "data", "./data", "directory for the database, the bus's files and the signing key")
+	fs.StringVar(&cfg.NATSURL, "nats-url", "", "external NATS server (default: NATS runs in-process)")
+	fs.IntVar(&cfg.Chat.MaxBodyBytes, "max-body-bytes", 8192, "a message body's size limit")
+	fs.IntVar(&cfg.Chat.MaxGroupMembers, "max-group-members", 100, "members of a group, creator included")
+	fs.DurationVar(&cfg.Gateway.Heartbeat, "heartbeat", 0, "heartbeat interval told to clients; 3x silence closes (default 10s)")
+	fs.IntVar(&cfg.Gateway.SendQueue, "send-queue", 0, "frames queued per connection before a slow client is cut off (default 1024)")
+	fs.IntVar(&cfg.Gateway.FramesPerSecond, "frames-per-second", 0, "per-connection frame rate limit (default 1000)")
+	fs.DurationVar(&cfg.API.AccessTTL, "access-ttl", 0, "access token lifetime (default 15m)")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 0, "bound on a graceful shutdown (default 10s)")
+	argonMem := fs.Uint("argon2-memory-kib", uint(auth.DefaultParams().Memory), "argon2id memory cost per password hash, KiB")
+	argonTime := fs.Uint("argon2-time", uint(auth.DefaultParams().Time), "argon2id passes")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	logJSON := fs.Bool("log-json", false, "log JSON lines instead of text")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	cfg.API.Password = auth.Params{Memory: uint32(*argonMem), Time: uint32(*argonTime), Threads: auth.DefaultParams().Threads}
+	log, err := newLogger(*logLevel, *logJSON)
+	if err != nil {
+		return err
+	}
+	s, err := server.New(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	return s.Run(ctx)
+}

@@ -1,0 +1,9 @@
+package main
+
+import (
+	"context"
+	"errors"
+)
+
+func chatCmd(ctx context.Context, args []string) error { return errors.New("todo") }
+func bench(ctx context.Context, args []string) error   { return errors.New("todo") }

@@ -1,0 +1,31 @@
+package auth
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+)
+
+// refreshTokenLen is the random bytes in a refresh token: 256 bits.
+const refreshTokenLen = 32
+
+// NewRefreshToken returns a new opaque refresh token (32 random bytes, unpadded base64url)
+// for the client, and its hash (HashRefreshToken) for the store. Only the hash is stored, so
+// a leaked database does not hand out sessions.
+func NewRefreshToken() (token, hash string, err error) {
+	b := make([]byte, refreshTokenLen)
+	_, _ = rand.Read(b) // crypto/rand.Read never fails (it crashes the program instead)
+	token = base64.RawURLEncoding.EncodeToString(b)
+	return token, HashRefreshToken(token), nil
+}
+
+// HashRefreshToken returns the hex SHA-256 of token, the form refresh tokens are stored and
+// looked up in. A fast hash is right here, unlike for passwords: a refresh token carries 256
+// random bits, so no guessing or dictionary attack on the hash can succeed however fast the
+// hash is, and a slow hash would only slow down every refresh. No salt either: the lookup by
+// hash needs it deterministic, and salts protect low-entropy secrets only.
+func HashRefreshToken(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:])
+}

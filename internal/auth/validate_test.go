@@ -1,0 +1,103 @@
+package auth
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+// checkValidation runs fn on each case: want == "" means valid, otherwise the error must be
+// a *ValidationError for field whose message contains want.
+func checkValidation(t *testing.T, fn func(string) error, field string, cases []struct{ in, want string }) {
+	t.Helper()
+	for _, c := range cases {
+		err := fn(c.in)
+		if c.want == "" {
+			if err != nil {
+				t.Errorf("%.40q: unexpected error %v", c.in, err)
+			}
+			continue
+		}
+		var ve *ValidationError
+		if !errors.As(err, &ve) {
+			t.Errorf("%.40q: got %v, want a *ValidationError", c.in, err)
+			continue
+		}
+		if ve.Field != field || !strings.Contains(ve.Message, c.want) {
+			t.Errorf("%.40q: got %s: %q, want %s: …%s…", c.in, ve.Field, ve.Message, field, c.want)
+		}
+	}
+}
+
+func TestValidateUsername(t *testing.T) {
+	checkValidation(t, ValidateUsername, "username", []struct{ in, want string }{
+		{"alice", ""},
+		{"abc", ""},
+		{"a.b-c_d9", ""},
+		{"z" + strings.Repeat("9", 31), ""},
+		{"", "required"},
+		{"ab", "at least 3 characters"},
+		{"a" + strings.Repeat("b", 32), "at most 32 characters"},
+		{"1alice", "start with a letter a–z, not '1'"},
+		{"_alice", "start with a letter"},
+		{".alice", "start with a letter"},
+		{"älice", "start with a letter"},
+		{"Alice", "must be lowercase"},
+		{"alIce", "'I' at position 3 is uppercase"},
+		{"al ice", "' ' at position 3 is not allowed"},
+		{"alé", "'é' at position 3 is not allowed"},
+		{"al@ce", "only letters a–z, digits 0–9"},
+	})
+}
+
+func TestNormalizeUsername(t *testing.T) {
+	for in, want := range map[string]string{
+		"  Alice  ":  "alice",
+		"BOB":        "bob",
+		"\tcarol\n":  "carol",
+		"already.ok": "already.ok",
+	} {
+		if got := NormalizeUsername(in); got != want {
+			t.Errorf("NormalizeUsername(%q) = %q, want %q", in, got, want)
+		}
+		if err := ValidateUsername(NormalizeUsername(in)); err != nil {
+			t.Errorf("normalized %q is invalid: %v", in, err)
+		}
+	}
+}
+
+func TestValidatePassword(t *testing.T) {
+	checkValidation(t, ValidatePassword, "password", []struct{ in, want string }{
+		{"12345678", ""},
+		{"correct horse battery staple", ""},
+		{"  spaces around  ", ""},
+		{strings.Repeat("x", 256), ""},
+		{"", "at least 8"},
+		{"1234567", "at least 8"},
+		{strings.Repeat("x", 257), "at most 256 bytes"},
+		{"        ", "only spaces"},
+		{"\t\n \t\n \t\n", "only spaces"},
+	})
+	// The message never echoes the password.
+	err := ValidatePassword("sekrit1")
+	if err == nil || strings.Contains(err.Error(), "sekrit1") {
+		t.Errorf("error %v repeats the password", err)
+	}
+}
+
+func TestValidateDisplayName(t *testing.T) {
+	checkValidation(t, ValidateDisplayName, "display_name", []struct{ in, want string }{
+		{"", ""},
+		{"Alice", ""},
+		{"Zoë 🦊", ""},
+		{"👩‍👩‍👧 family", ""}, // zero-width joiners are format characters, not control ones
+		{strings.Repeat("é", 64), ""},
+		{strings.Repeat("é", 65), "at most 64 characters"},
+		{"line\nbreak", "U+000A at position 5"},
+		{"tab\there", "control characters"},
+		{"nul\x00", "control characters"},
+		{"esc\x1b[31m", "control characters"},
+		{"c1\u0085", "control characters"},
+		{"bad\xffutf8", "valid UTF-8"},
+	})
+}

@@ -1,0 +1,429 @@
+// Package chat is Parley's conversation logic: who may write what where, and the single path
+// by which an event enters a conversation's log and leaves for its members.
+//
+// Every write to the event log (messages, edits, deletes, reactions, membership changes) goes
+// through one sequencer goroutine. It groups concurrent sends into one store transaction (group
+// commit: one disk sync for the whole batch), answers each sender only after that commit, and
+// then publishes each stored event once to the bus for every member. Because membership
+// changes pass through the same goroutine, the member list used to fan out an event is always
+// the one in force when the event was stored: a removed member never gets a later message.
+//
+// chat knows conversations and sequencing, not sockets (package gateway) and not SQL (package
+// store).
+package chat
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/google/uuid"
+
+	"github.com/parley-chat/parley/internal/bus"
+	"github.com/parley-chat/parley/internal/frame"
+	"github.com/parley-chat/parley/internal/store"
+	"github.com/parley-chat/parley/protocol"
+)
+
+// Config holds the limits chat enforces. Zero fields take the defaults.
+type Config struct {
+	MaxBodyBytes    int // a message body's size limit in bytes (default 8192)
+	MaxGroupMembers int // members of a group, creator included (default 100)
+	MaxBatch        int // events per store transaction (default 1024)
+	QueueLen        int // events waiting for the sequencer before Submit blocks (default 8192)
+}
+
+func (c Config) withDefaults() Config {
+	if c.MaxBodyBytes <= 0 {
+		c.MaxBodyBytes = 8192
+	}
+	if c.MaxGroupMembers <= 0 {
+		c.MaxGroupMembers = 100
+	}
+	if c.MaxBatch <= 0 {
+		c.MaxBatch = 1024
+	}
+	if c.QueueLen <= 0 {
+		c.QueueLen = 8192
+	}
+	return c
+}
+
+// Service is the chat core. Create it with New; stop it with Close.
+type Service struct {
+	st  store.Store
+	bus bus.Bus
+	log *slog.Logger
+	cfg Config
+	now func() time.Time
+
+	members *memberCache
+	sub     bus.Subscription
+
+	mu      sync.RWMutex // held for reading while sending to queue; for writing by Close
+	closing bool
+	queue   chan *op
+	done    chan struct{} // closed when the sequencer has returned
+}
+
+// op is one unit of work for the sequencer: an append, or a membership change.
+type op struct {
+	req      store.AppendRequest
+	deviceID string
+	done     func(Result)
+
+	member *memberOp // set for membership changes instead of req
+}
+
+type memberOp struct {
+	conversationID string
+	fn             store.MembershipFunc
+	result         chan memberResult
+}
+
+type memberResult struct {
+	msg      protocol.Message
+	notify   []string // old and new members: who hears of the change
+	err      error
+	cacheBad bool
+}
+
+// Result answers a Submit.
+type Result struct {
+	Message   protocol.Message // the stored event (the original one for a duplicate)
+	Duplicate bool
+	Err       error
+}
+
+// New builds the service and starts its sequencer. It subscribes to membership-change
+// announcements so that a cached member list never outlives a change made on another node.
+func New(st store.Store, b bus.Bus, cfg Config, log *slog.Logger) (*Service, error) {
+	s := &Service{
+		st:      st,
+		bus:     b,
+		log:     log,
+		cfg:     cfg.withDefaults(),
+		now:     time.Now,
+		members: newMemberCache(100_000),
+		done:    make(chan struct{}),
+	}
+	s.queue = make(chan *op, s.cfg.QueueLen)
+	sub, err := b.Subscribe(bus.ConversationChangedAll, func(subject string, _ []byte) {
+		s.members.drop(subject[len(bus.ConversationChangedSubject("")):])
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.sub = sub
+	go s.run()
+	return s, nil
+}
+
+// Config returns the limits in force.
+func (s *Service) Config() Config { return s.cfg }
+
+// Close stops taking work, finishes everything already submitted (each done callback runs),
+// and stops the sequencer. It does not close the store or the bus, which it does not own.
+func (s *Service) Close(ctx context.Context) error {
+	s.mu.Lock()
+	if !s.closing {
+		s.closing = true
+		close(s.queue)
+	}
+	s.mu.Unlock()
+	_ = s.sub.Unsubscribe()
+	select {
+	case <-s.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// enqueue hands o to the sequencer, or reports ErrClosed.
+func (s *Service) enqueue(o *op) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closing {
+		return ErrClosed
+	}
+	s.queue <- o
+	return nil
+}
+
+// Event is a client's write to a conversation: a message, an edit, a delete or a reaction.
+type Event struct {
+	Kind           string // protocol.KindText, KindEdit, KindDelete or KindReaction
+	ID             string // the client's message id (a UUID); retries reuse it
+	ConversationID string
+	SenderID       string
+	DeviceID       string // the device that sent it: it gets the ack, not the event
+	Body           string
+	ReplyTo        int64
+	TargetSeq      int64
+	Emoji          string
+	Remove         bool
+	Attachments    json.RawMessage
+}
+
+// Submit validates ev and hands it to the sequencer. done is called exactly once, from
+// another goroutine or (for an invalid event) before Submit returns, after the event is
+// durably stored or with the reason it was not; it must not block. Submit itself blocks only
+// when the sequencer's queue is full, which is the backpressure a flood of sends should feel.
+func (s *Service) Submit(ctx context.Context, ev Event, done func(Result)) {
+	if err := s.validate(ctx, &ev); err != nil {
+		done(Result{Err: err})
+		return
+	}
+	o := &op{
+		req: store.AppendRequest{
+			ConversationID: ev.ConversationID,
+			SenderID:       ev.SenderID,
+			ClientID:       ev.ID,
+			Kind:           ev.Kind,
+			Body:           ev.Body,
+			ReplyTo:        ev.ReplyTo,
+			TargetSeq:      ev.TargetSeq,
+			Emoji:          ev.Emoji,
+			Remove:         ev.Remove,
+			Attachments:    ev.Attachments,
+		},
+		deviceID: ev.DeviceID,
+		done:     done,
+	}
+	if err := s.enqueue(o); err != nil {
+		done(Result{Err: err})
+	}
+}
+
+// Send is Submit for callers that want to wait for the answer (HTTP handlers, tests).
+func (s *Service) Send(ctx context.Context, ev Event) Result {
+	ch := make(chan Result, 1)
+	s.Submit(ctx, ev, func(r Result) { ch <- r })
+	select {
+	case r := <-ch:
+		return r
+	case <-ctx.Done():
+		return Result{Err: ctx.Err()}
+	}
+}
+
+func (s *Service) validate(ctx context.Context, ev *Event) error {
+	if _, err := uuid.Parse(ev.ID); err != nil {
+		return Errorf(protocol.CodeBadRequest, "id must be a UUID chosen by the client, got %q", clip(ev.ID))
+	}
+	if ev.ConversationID == "" {
+		return Errorf(protocol.CodeBadRequest, "conversation_id is required")
+	}
+	switch ev.Kind {
+	case protocol.KindText:
+		if ev.TargetSeq != 0 || ev.Emoji != "" {
+			return Errorf(protocol.CodeBadRequest, "send takes no target_seq or emoji")
+		}
+		if ev.Body == "" && len(ev.Attachments) == 0 {
+			return Errorf(protocol.CodeBadRequest, "body is empty")
+		}
+		if ev.ReplyTo < 0 {
+			return Errorf(protocol.CodeBadRequest, "reply_to must be a seq of this conversation")
+		}
+		if len(ev.Attachments) > 0 && !json.Valid(ev.Attachments) {
+			return Errorf(protocol.CodeBadRequest, "attachments must be JSON")
+		}
+		return s.checkBody(ev.Body)
+	case protocol.KindEdit:
+		if ev.Body == "" {
+			return Errorf(protocol.CodeBadRequest, "an edit needs the new body")
+		}
+		if err := s.checkBody(ev.Body); err != nil {
+			return err
+		}
+		return s.checkTarget(ctx, ev, func(target protocol.Message, _ string) error {
+			if target.SenderID != ev.SenderID {
+				return Errorf(protocol.CodeForbidden, "only the sender can edit message %d", ev.TargetSeq)
+			}
+			return nil
+		})
+	case protocol.KindDelete:
+		return s.checkTarget(ctx, ev, func(target protocol.Message, role string) error {
+			if target.SenderID != ev.SenderID && role != protocol.RoleAdmin {
+				return Errorf(protocol.CodeForbidden, "only the sender or a group admin can delete message %d", ev.TargetSeq)
+			}
+			return nil
+		})
+	case protocol.KindReaction:
+		if ev.Emoji == "" || len(ev.Emoji) > 64 || !utf8.ValidString(ev.Emoji) {
+			return Errorf(protocol.CodeBadRequest, "emoji must be 1 to 64 bytes of UTF-8")
+		}
+		return s.checkTarget(ctx, ev, func(protocol.Message, string) error { return nil })
+	default:
+		return Errorf(protocol.CodeBadRequest, "unknown event kind %q", clip(ev.Kind))
+	}
+}
+
+func (s *Service) checkBody(body string) error {
+	if len(body) > s.cfg.MaxBodyBytes {
+		return Errorf(protocol.CodeTooLarge, "body is %d bytes, the limit is %d", len(body), s.cfg.MaxBodyBytes)
+	}
+	if !utf8.ValidString(body) {
+		return Errorf(protocol.CodeBadRequest, "body is not valid UTF-8")
+	}
+	return nil
+}
+
+// checkTarget loads the target of an edit, delete or reaction and the sender's role, and
+// lets allow decide. The store re-checks at append time that the target is still a live text
+// message, so a race with a delete cannot edit a tombstone.
+func (s *Service) checkTarget(ctx context.Context, ev *Event, allow func(target protocol.Message, role string) error) error {
+	if ev.TargetSeq <= 0 {
+		return Errorf(protocol.CodeBadRequest, "target_seq is required")
+	}
+	conv, err := s.st.Conversation(ctx, ev.ConversationID, ev.SenderID)
+	if err != nil {
+		if isNotFound(err) {
+			return Errorf(protocol.CodeForbidden, "not a member of conversation %s", clip(ev.ConversationID))
+		}
+		return err
+	}
+	target, err := s.st.Message(ctx, ev.ConversationID, ev.TargetSeq)
+	if err != nil {
+		if isNotFound(err) {
+			return Errorf(protocol.CodeNotFound, "conversation %s has no message %d", ev.ConversationID, ev.TargetSeq)
+		}
+		return err
+	}
+	if target.Kind != protocol.KindText || target.Deleted {
+		return Errorf(protocol.CodeNotFound, "message %d is not a live text message", ev.TargetSeq)
+	}
+	role := ""
+	if conv.Type == protocol.Group {
+		for _, m := range conv.Members {
+			if m.UserID == ev.SenderID {
+				role = m.Role
+			}
+		}
+	}
+	return allow(target, role)
+}
+
+// run is the sequencer: it takes ops from the queue, commits appends in batches and
+// membership changes one at a time, and publishes what it committed, in commit order.
+func (s *Service) run() {
+	defer close(s.done)
+	batch := make([]*op, 0, s.cfg.MaxBatch)
+	for o := range s.queue {
+		if o.member != nil {
+			s.changeMembership(o.member)
+			continue
+		}
+		batch = append(batch[:0], o)
+		var next *op // a membership op that ended the batch
+	fill:
+		for len(batch) < s.cfg.MaxBatch {
+			select {
+			case o, ok := <-s.queue:
+				if !ok {
+					break fill
+				}
+				if o.member != nil {
+					next = o
+					break fill
+				}
+				batch = append(batch, o)
+			default:
+				break fill
+			}
+		}
+		s.commit(batch)
+		if next != nil {
+			s.changeMembership(next.member)
+		}
+	}
+}
+
+// commit stores a batch in one transaction, answers each op, then publishes the new events.
+func (s *Service) commit(batch []*op) {
+	ts := s.now().UnixMilli()
+	reqs := make([]store.AppendRequest, len(batch))
+	for i, o := range batch {
+		reqs[i] = o.req
+		reqs[i].TS = ts
+	}
+	// Not the caller's context: an event accepted into a batch is finished even while the
+	// server shuts down, so that nothing half-sent is left behind.
+	results, err := s.st.Append(context.Background(), reqs)
+	if err != nil {
+		s.log.Error("append batch failed", "events", len(batch), "err", err)
+		for _, o := range batch {
+			o.done(Result{Err: err})
+		}
+		return
+	}
+	for i, o := range batch {
+		r := results[i]
+		o.done(Result{Message: r.Message, Duplicate: r.Duplicate, Err: r.Err})
+	}
+	for i, o := range batch {
+		r := results[i]
+		if r.Err == nil && !r.Duplicate {
+			s.publishEvent(r.Message, o.deviceID, nil)
+		}
+	}
+}
+
+// publishEvent encodes m once and publishes it to every member of its conversation (and to
+// extra users, e.g. one just removed), except the device exceptDevice.
+func (s *Service) publishEvent(m protocol.Message, exceptDevice string, extra []string) {
+	payload, err := json.Marshal(protocol.MessageFrame{Type: protocol.FrameMessage, Message: m})
+	if err != nil {
+		s.log.Error("encode event", "conversation", m.ConversationID, "seq", m.Seq, "err", err)
+		return
+	}
+	members, err := s.memberIDs(m.ConversationID)
+	if err != nil {
+		s.log.Error("member list for fan-out", "conversation", m.ConversationID, "err", err)
+		return
+	}
+	s.publishTo(members, extra, frame.Delivery(exceptDevice, payload))
+}
+
+func (s *Service) publishTo(users, extra []string, env []byte) {
+	for _, u := range users {
+		if err := s.bus.Publish(bus.UserSubject(u), env); err != nil {
+			s.log.Warn("publish", "user", u, "err", err)
+		}
+	}
+	for _, u := range extra {
+		if err := s.bus.Publish(bus.UserSubject(u), env); err != nil {
+			s.log.Warn("publish", "user", u, "err", err)
+		}
+	}
+}
+
+// memberIDs returns a conversation's members from the cache, loading it on a miss.
+func (s *Service) memberIDs(conversationID string) ([]string, error) {
+	if ids, ok := s.members.get(conversationID); ok {
+		return ids, nil
+	}
+	ids, err := s.st.MemberIDs(context.Background(), conversationID)
+	if err != nil {
+		return nil, err
+	}
+	s.members.put(conversationID, ids)
+	return ids, nil
+}
+
+func isNotFound(err error) bool {
+	code, _ := Code(err)
+	return code == protocol.CodeNotFound || code == protocol.CodeForbidden
+}
+
+// clip shortens client-supplied text quoted back in an error message.
+func clip(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "…"
+	}
+	return s
+}

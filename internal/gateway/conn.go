@@ -1,0 +1,370 @@
+package gateway
+
+import (
+	"encoding/json"
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/parley-chat/parley/internal/chat"
+	"github.com/parley-chat/parley/internal/frame"
+	"github.com/parley-chat/parley/protocol"
+)
+
+// Conn is one authenticated WebSocket connection of one device.
+//
+// While idle it holds no goroutine and no buffer: reads happen on a goroutine started by the
+// poller when the socket has bytes, using a pooled buffer; writes happen on a goroutine that
+// exists only while the send queue is not empty.
+type Conn struct {
+	g        *Gateway
+	id       uint64
+	nc       net.Conn
+	rc       syscall.RawConn
+	userID   string
+	deviceID string
+	lastRead atomic.Int64 // unix ms when bytes last arrived
+
+	// Reader state: touched only by the single goroutine handling a readiness event.
+	in      []byte // bytes of a frame not yet complete; nil when none
+	discard int64  // payload bytes still to skip of a frame that was too large
+	msg     []byte // a fragmented message so far; nil when none
+	msgDrop bool   // the fragmented message in progress is too large and is being skipped
+	strikes int    // consecutive bad frames
+	tokens  float64
+	tokenTS int64
+
+	mu      sync.Mutex
+	queue   [][]byte // complete frames waiting for the writer
+	writing bool     // a writer goroutine is running
+	closed  bool
+}
+
+// errEOF is the peer closing its side.
+var errEOF = errors.New("connection closed by peer")
+
+// closeError asks for the connection to be closed with a WebSocket status code.
+type closeError struct {
+	code   uint16
+	reason string
+}
+
+func (e *closeError) Error() string { return e.reason }
+
+var errClosed = errors.New("connection closed")
+
+var readBufPool = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
+
+// readReady reads what the socket has, handles every complete frame, keeps a partial one,
+// and re-arms the poller.
+func (c *Conn) readReady() {
+	bp := readBufPool.Get().(*[]byte)
+	n, err := c.readSome(*bp)
+	if err == nil && n > 0 {
+		c.lastRead.Store(time.Now().UnixMilli())
+		data := (*bp)[:n]
+		if len(c.in) > 0 {
+			c.in = append(c.in, data...)
+			data = c.in
+		}
+		var rest []byte
+		rest, err = c.consume(data)
+		if len(rest) > 0 {
+			c.in = append([]byte(nil), rest...)
+		} else {
+			c.in = nil
+		}
+	}
+	readBufPool.Put(bp)
+	if err != nil {
+		c.closeFor(err)
+		return
+	}
+	if err := c.g.poll.rearm(c); err != nil {
+		c.close(ws.StatusInternalServerError, "poller")
+	}
+}
+
+func (c *Conn) closeFor(err error) {
+	var ce *closeError
+	switch {
+	case errors.As(err, &ce):
+		c.close(ws.StatusCode(ce.code), ce.reason)
+	case errors.Is(err, errClosed):
+	default:
+		c.close(ws.StatusGoingAway, "read: "+err.Error())
+	}
+}
+
+// consume handles the complete frames at the start of data and returns the unparsed rest.
+func (c *Conn) consume(data []byte) ([]byte, error) {
+	maxFrame := int64(c.g.cfg.MaxFrameBytes)
+	for len(data) > 0 {
+		if c.discard > 0 {
+			k := min(int64(len(data)), c.discard)
+			c.discard -= k
+			data = data[k:]
+			continue
+		}
+		h, err := parseHeader(data)
+		if errors.Is(err, errNeedMore) {
+			return data, nil
+		}
+		if err != nil {
+			return nil, &closeError{uint16(ws.StatusProtocolError), "protocol error: " + err.Error()}
+		}
+		if !h.masked {
+			return nil, &closeError{uint16(ws.StatusProtocolError), "client frames must be masked"}
+		}
+		if h.op < 0x8 && (h.length > maxFrame || int64(len(c.msg))+h.length > maxFrame) {
+			// Too large: skip its payload and answer, keeping the connection, unless it is
+			// absurdly large or it keeps happening.
+			if h.length > 64*maxFrame {
+				return nil, &closeError{uint16(ws.StatusMessageTooBig), "frame too large"}
+			}
+			c.discard = h.length
+			data = data[h.size:]
+			c.msg = nil
+			c.msgDrop = !h.fin
+			if err := c.fail("", protocol.CodeTooLarge, "frame is larger than the limit of %d bytes", maxFrame); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		total := int64(h.size) + h.length
+		if int64(len(data)) < total {
+			return data, nil
+		}
+		p := data[h.size:total]
+		ws.Cipher(p, h.mask, 0)
+		data = data[total:]
+		if err := c.handleFrame(h, p); err != nil {
+			return nil, err
+		}
+	}
+	return nil, nil
+}
+
+func (c *Conn) handleFrame(h header, p []byte) error {
+	switch h.op {
+	case opClose:
+		return &closeError{uint16(ws.StatusNormalClosure), "closed by client"}
+	case opPing:
+		c.enqueue(frame.Build(frame.OpPong, p))
+		return nil
+	case opPong:
+		return nil
+	case opContinuation:
+		if c.msgDrop {
+			c.msgDrop = !h.fin
+			return nil
+		}
+		if c.msg == nil {
+			return &closeError{uint16(ws.StatusProtocolError), "continuation without a message"}
+		}
+		c.msg = append(c.msg, p...)
+		if !h.fin {
+			return nil
+		}
+		p, c.msg = c.msg, nil
+	default: // text or binary
+		if c.msg != nil || c.msgDrop {
+			return &closeError{uint16(ws.StatusProtocolError), "new message inside a fragmented one"}
+		}
+		if !h.fin {
+			c.msg = append(make([]byte, 0, 2*len(p)), p...)
+			return nil
+		}
+		if h.op == opBinary {
+			return c.fail("", protocol.CodeBadRequest, "frames are JSON in text frames, not binary")
+		}
+	}
+	return c.handleMessage(p)
+}
+
+// handleMessage decodes one client frame and acts on it. p is only valid during the call.
+func (c *Conn) handleMessage(p []byte) error {
+	if !c.allow() {
+		return c.fail("", protocol.CodeRateLimited, "more than %d frames per second; slow down", c.g.cfg.FramesPerSecond)
+	}
+	var f protocol.ClientFrame
+	if err := json.Unmarshal(p, &f); err != nil {
+		return c.fail("", protocol.CodeBadRequest, "malformed JSON frame: %v", err)
+	}
+	ctx := c.g.ctx
+	switch f.Type {
+	case protocol.FrameSend, protocol.FrameEdit, protocol.FrameDelete, protocol.FrameReact:
+		ev := chat.Event{
+			Kind:           kinds[f.Type],
+			ID:             f.ID,
+			ConversationID: f.ConversationID,
+			SenderID:       c.userID,
+			DeviceID:       c.deviceID,
+			Body:           f.Body,
+			ReplyTo:        f.ReplyTo,
+			TargetSeq:      f.TargetSeq,
+			Emoji:          f.Emoji,
+			Remove:         f.Remove,
+			Attachments:    f.Attachments,
+		}
+		id := f.ID
+		c.g.chat.Submit(ctx, ev, func(r chat.Result) { c.answer(id, r) })
+	case protocol.FrameReceipt:
+		if err := c.g.chat.Receipt(ctx, c.userID, c.deviceID, f.ConversationID, f.Status, f.Seq); err != nil {
+			return c.failErr(f.ID, err)
+		}
+	case protocol.FrameTyping:
+		if err := c.g.chat.Typing(ctx, c.userID, f.ConversationID, f.State); err != nil {
+			return c.failErr(f.ID, err)
+		}
+	case protocol.FramePing:
+		c.enqueue(frame.MustJSON(protocol.PongFrame{Type: protocol.FramePong, ID: f.ID}))
+	case "":
+		return c.fail(f.ID, protocol.CodeBadRequest, `frame has no "type"`)
+	default:
+		return c.fail(f.ID, protocol.CodeBadRequest, "unknown frame type %q", clip(f.Type))
+	}
+	c.strikes = 0
+	return nil
+}
+
+var kinds = map[string]string{
+	protocol.FrameSend:   protocol.KindText,
+	protocol.FrameEdit:   protocol.KindEdit,
+	protocol.FrameDelete: protocol.KindDelete,
+	protocol.FrameReact:  protocol.KindReaction,
+}
+
+// answer sends the ack or the error for a submitted event. It runs on the chat sequencer.
+func (c *Conn) answer(id string, r chat.Result) {
+	if r.Err != nil {
+		code, msg := chat.Code(r.Err)
+		if code == protocol.CodeInternal {
+			c.g.log.Error("event failed", "user", c.userID, "device", c.deviceID, "id", id, "err", r.Err)
+		}
+		c.enqueue(frame.MustJSON(protocol.ErrorFrame{Type: protocol.FrameError, ID: id, Code: code, Message: msg}))
+		return
+	}
+	m := r.Message
+	c.enqueue(frame.MustJSON(protocol.AckFrame{Type: protocol.FrameAck, ID: id, ConversationID: m.ConversationID, Seq: m.Seq, TS: m.TS}))
+}
+
+// allow takes a token from the connection's frame-rate bucket.
+func (c *Conn) allow() bool {
+	rate := float64(c.g.cfg.FramesPerSecond)
+	now := time.Now().UnixMicro()
+	c.tokens = min(2*rate, c.tokens+float64(now-c.tokenTS)*rate/1e6)
+	c.tokenTS = now
+	if c.tokens < 1 {
+		return false
+	}
+	c.tokens--
+	return true
+}
+
+// fail answers a bad frame with an error frame. A client that sends MaxStrikes bad frames in a
+// row is closed with 1008 (policy violation): it is broken or hostile, and answering it
+// forever would cost everyone else.
+func (c *Conn) fail(id, code, format string, args ...any) error {
+	e := chat.Errorf(code, format, args...)
+	c.enqueue(frame.MustJSON(protocol.ErrorFrame{Type: protocol.FrameError, ID: id, Code: e.Code, Message: e.Message}))
+	c.strikes++
+	if c.strikes >= c.g.cfg.MaxStrikes {
+		return &closeError{uint16(ws.StatusPolicyViolation), "too many bad frames: " + e.Message}
+	}
+	return nil
+}
+
+func (c *Conn) failErr(id string, err error) error {
+	code, msg := chat.Code(err)
+	if code == protocol.CodeInternal {
+		c.g.log.Error("frame failed", "user", c.userID, "err", err)
+	}
+	return c.fail(id, code, "%s", msg)
+}
+
+// enqueue queues a complete frame for writing. f is shared and never modified. A client
+// whose queue is full is too slow to keep up: it is cut off (it catches up by sync when it
+// reconnects) rather than allowed to hold memory or slow the fan-out for everyone.
+func (c *Conn) enqueue(f []byte) bool {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return false
+	}
+	if len(c.queue) >= c.g.cfg.SendQueue {
+		c.mu.Unlock()
+		go c.close(ws.StatusPolicyViolation, "too slow: send queue full, reconnect and sync")
+		return false
+	}
+	c.queue = append(c.queue, f)
+	start := !c.writing
+	c.writing = true
+	c.mu.Unlock()
+	if start {
+		go c.flush()
+	}
+	return true
+}
+
+// flush writes queued frames, many per system call, until the queue is empty.
+func (c *Conn) flush() {
+	for {
+		c.mu.Lock()
+		q := c.queue
+		c.queue = nil
+		if len(q) == 0 || c.closed {
+			c.writing = false
+			c.mu.Unlock()
+			return
+		}
+		c.mu.Unlock()
+		_ = c.nc.SetWriteDeadline(time.Now().Add(c.g.cfg.WriteTimeout))
+		bufs := net.Buffers(q)
+		if _, err := bufs.WriteTo(c.nc); err != nil {
+			c.mu.Lock()
+			c.writing = false
+			c.mu.Unlock()
+			c.close(ws.StatusGoingAway, "write: "+err.Error())
+			return
+		}
+	}
+}
+
+// idle reports whether everything queued has been written.
+func (c *Conn) idle() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed || (!c.writing && len(c.queue) == 0)
+}
+
+// close ends the connection once: it stops reading, forgets the connection, sends a close
+// frame (best effort, bounded by a short deadline) and closes the socket.
+func (c *Conn) close(code ws.StatusCode, reason string) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.closed = true
+	c.queue = nil
+	c.mu.Unlock()
+	c.g.poll.remove(c)
+	c.g.unregister(c)
+	_ = c.nc.SetWriteDeadline(time.Now().Add(time.Second))
+	_, _ = c.nc.Write(frame.Close(uint16(code), reason))
+	_ = c.nc.Close()
+	c.g.log.Debug("connection closed", "user", c.userID, "device", c.deviceID, "code", int(code), "reason", reason)
+}
+
+func clip(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "…"
+	}
+	return s
+}

@@ -1,0 +1,356 @@
+// Package gateway terminates client WebSocket connections: it authenticates the handshake,
+// decodes client frames and hands them to chat, and delivers events from the bus to every
+// connection of their recipients.
+//
+// The connection layer is event-driven: one epoll goroutine watches every socket, a
+// goroutine exists only while a connection has bytes to read or to write, and an idle
+// connection holds no buffer. That is what lets one process hold tens of thousands of
+// connections in a few KiB each (see docs/architecture.md).
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/parley-chat/parley/internal/bus"
+	"github.com/parley-chat/parley/internal/chat"
+	"github.com/parley-chat/parley/internal/frame"
+	"github.com/parley-chat/parley/protocol"
+)
+
+// Authenticator identifies the user and device behind a WebSocket handshake, from its
+// Authorization header or its one-time ?ticket=.
+type Authenticator interface {
+	AuthenticateWS(r *http.Request) (userID, deviceID string, err error)
+}
+
+// Config tunes the gateway. Zero fields take the defaults.
+type Config struct {
+	Heartbeat       time.Duration // advertised in ready; silence for 3× this closes (default 10s)
+	WriteTimeout    time.Duration // bound on writing queued frames (default 10s)
+	MaxFrameBytes   int           // a client frame's size limit (default 64 KiB)
+	SendQueue       int           // frames queued for a connection before it is cut off (default 1024)
+	FramesPerSecond int           // per-connection frame rate limit, with a burst of twice that (default 1000)
+	MaxStrikes      int           // consecutive bad frames before close 1008 (default 10)
+}
+
+func (c Config) withDefaults() Config {
+	if c.Heartbeat <= 0 {
+		c.Heartbeat = 10 * time.Second
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = 10 * time.Second
+	}
+	if c.MaxFrameBytes <= 0 {
+		c.MaxFrameBytes = 64 << 10
+	}
+	if c.SendQueue <= 0 {
+		c.SendQueue = 1024
+	}
+	if c.FramesPerSecond <= 0 {
+		c.FramesPerSecond = 1000
+	}
+	if c.MaxStrikes <= 0 {
+		c.MaxStrikes = 10
+	}
+	return c
+}
+
+// poller watches connections for readability and calls Conn.readReady, one goroutine per
+// connection at a time, until rearm.
+type poller interface {
+	add(c *Conn) error
+	rearm(c *Conn) error
+	remove(c *Conn)
+	close()
+}
+
+// Gateway owns the connections of this node. Create it with New; stop it with Drain then
+// Close.
+type Gateway struct {
+	cfg  Config
+	chat *chat.Service
+	bus  bus.Bus
+	auth Authenticator
+	log  *slog.Logger
+	poll poller
+
+	ctx    context.Context // cancelled by Close
+	cancel context.CancelFunc
+	nextID atomic.Uint64
+
+	mu       sync.RWMutex
+	users    map[string]*userConns
+	conns    map[uint64]*Conn
+	draining bool
+
+	stop    chan struct{}
+	stopped chan struct{}
+	ping    []byte // the shared WebSocket ping frame
+}
+
+// userConns is the connections of one user on this node and its bus subscription.
+type userConns struct {
+	conns []*Conn
+	sub   bus.Subscription
+}
+
+// New builds a gateway and starts its poller and heartbeat sweeper.
+func New(cfg Config, c *chat.Service, b bus.Bus, auth Authenticator, log *slog.Logger) (*Gateway, error) {
+	p, err := newPoller()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	g := &Gateway{
+		cfg:     cfg.withDefaults(),
+		chat:    c,
+		bus:     b,
+		auth:    auth,
+		log:     log,
+		poll:    p,
+		ctx:     ctx,
+		cancel:  cancel,
+		users:   make(map[string]*userConns),
+		conns:   make(map[uint64]*Conn),
+		stop:    make(chan struct{}),
+		stopped: make(chan struct{}),
+		ping:    frame.Build(frame.OpPing, nil),
+	}
+	go g.sweep()
+	return g, nil
+}
+
+// Len returns the number of open connections.
+func (g *Gateway) Len() int {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	return len(g.conns)
+}
+
+// ServeHTTP authenticates and upgrades GET /api/v1/ws. Authentication fails with 401 before
+// the upgrade; a draining gateway answers 503 so the client tries again elsewhere.
+func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	g.mu.RLock()
+	draining := g.draining
+	g.mu.RUnlock()
+	if draining {
+		w.Header().Set("Retry-After", "1")
+		httpError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "server is shutting down; reconnect")
+		return
+	}
+	userID, deviceID, err := g.auth.AuthenticateWS(r)
+	if err != nil {
+		httpError(w, http.StatusUnauthorized, protocol.CodeUnauthorized, err.Error())
+		return
+	}
+	nc, rw, _, err := ws.UpgradeHTTP(r, w)
+	if err != nil {
+		g.log.Debug("websocket upgrade failed", "err", err)
+		if nc != nil {
+			_ = nc.Close()
+		}
+		return
+	}
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		_ = nc.Close()
+		g.log.Error("websocket: connection has no file descriptor", "type", fmt.Sprintf("%T", nc))
+		return
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		_ = nc.Close()
+		return
+	}
+	c := &Conn{g: g, id: g.nextID.Add(1), nc: nc, rc: rc, userID: userID, deviceID: deviceID}
+	c.lastRead.Store(time.Now().UnixMilli())
+	c.tokens = float64(2 * g.cfg.FramesPerSecond)
+	c.tokenTS = time.Now().UnixMicro()
+	if err := g.register(c); err != nil {
+		g.log.Warn("register connection", "user", userID, "err", err)
+		c.close(ws.StatusInternalServerError, "server busy")
+		return
+	}
+	c.enqueue(frame.MustJSON(protocol.ReadyFrame{
+		Type: protocol.FrameReady, UserID: userID, DeviceID: deviceID,
+		HeartbeatMS: g.cfg.Heartbeat.Milliseconds(),
+	}))
+	// Bytes the client sent right behind its handshake are already in the handshake's
+	// reader, where the poller cannot see them: handle them here first.
+	if rw != nil && rw.Reader.Buffered() > 0 {
+		pending, _ := rw.Reader.Peek(rw.Reader.Buffered())
+		rest, err := c.consume(append([]byte(nil), pending...))
+		if err != nil {
+			c.closeFor(err)
+			return
+		}
+		c.in = rest
+	}
+	if err := g.poll.add(c); err != nil {
+		g.log.Error("poll connection", "err", err)
+		c.close(ws.StatusInternalServerError, "server error")
+	}
+}
+
+// register adds c to its user's connections, subscribing to the user's events on the first.
+func (g *Gateway) register(c *Conn) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.draining {
+		return errors.New("draining")
+	}
+	u := g.users[c.userID]
+	if u == nil {
+		sub, err := g.bus.Subscribe(bus.UserSubject(c.userID), g.deliver)
+		if err != nil {
+			return err
+		}
+		u = &userConns{sub: sub}
+		g.users[c.userID] = u
+	}
+	u.conns = append(u.conns, c)
+	g.conns[c.id] = c
+	return nil
+}
+
+// unregister forgets c, unsubscribing its user when it was the last connection.
+func (g *Gateway) unregister(c *Conn) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if _, ok := g.conns[c.id]; !ok {
+		return
+	}
+	delete(g.conns, c.id)
+	u := g.users[c.userID]
+	if u == nil {
+		return
+	}
+	for i, x := range u.conns {
+		if x == c {
+			u.conns = append(u.conns[:i:i], u.conns[i+1:]...)
+			break
+		}
+	}
+	if len(u.conns) == 0 {
+		_ = u.sub.Unsubscribe()
+		delete(g.users, c.userID)
+	}
+}
+
+// deliver is the bus handler for user subjects: it enqueues the event's frame, as is, on
+// every connection of the user except the device that produced it.
+func (g *Gateway) deliver(subject string, data []byte) {
+	except, f, err := frame.ParseDelivery(data)
+	if err != nil {
+		g.log.Warn("bad delivery on bus", "subject", subject, "err", err)
+		return
+	}
+	userID := bus.UserFromSubject(subject)
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	u := g.users[userID]
+	if u == nil {
+		return
+	}
+	for _, c := range u.conns {
+		if c.deviceID != except {
+			c.enqueue(f)
+		}
+	}
+}
+
+// sweep pings connections that have been silent for a heartbeat and closes those silent for
+// three: a peer that vanished without a FIN must not hold its slot forever.
+func (g *Gateway) sweep() {
+	defer close(g.stopped)
+	t := time.NewTicker(g.cfg.Heartbeat / 2)
+	defer t.Stop()
+	var conns []*Conn
+	for {
+		select {
+		case <-g.stop:
+			return
+		case <-t.C:
+		}
+		now := time.Now().UnixMilli()
+		hb := g.cfg.Heartbeat.Milliseconds()
+		conns = g.snapshot(conns[:0])
+		for _, c := range conns {
+			switch silent := now - c.lastRead.Load(); {
+			case silent > 3*hb:
+				go c.close(ws.StatusGoingAway, "no heartbeat")
+			case silent > hb:
+				c.enqueue(g.ping)
+			}
+		}
+		clear(conns)
+	}
+}
+
+func (g *Gateway) snapshot(dst []*Conn) []*Conn {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	for _, c := range g.conns {
+		dst = append(dst, c)
+	}
+	return dst
+}
+
+// Drain stops taking connections and tells every client to reconnect elsewhere (goaway).
+// Connections stay open so that acks of sends in flight still reach them.
+func (g *Gateway) Drain(reconnect time.Duration) {
+	g.mu.Lock()
+	g.draining = true
+	g.mu.Unlock()
+	f := frame.MustJSON(protocol.GoawayFrame{Type: protocol.FrameGoaway, ReconnectMS: reconnect.Milliseconds(), Reason: "server shutting down"})
+	for _, c := range g.snapshot(nil) {
+		c.enqueue(f)
+	}
+}
+
+// Close waits (until ctx ends) for queued frames to be written, then closes every connection
+// with 1001 (going away) and stops the gateway's goroutines.
+func (g *Gateway) Close(ctx context.Context) error {
+	g.mu.Lock()
+	g.draining = true
+	g.mu.Unlock()
+	conns := g.snapshot(nil)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+wait:
+	for _, c := range conns {
+		for !c.idle() {
+			select {
+			case <-ctx.Done():
+				break wait
+			case <-tick.C:
+			}
+		}
+	}
+	for _, c := range conns {
+		c.close(ws.StatusGoingAway, "server shutting down")
+	}
+	close(g.stop)
+	<-g.stopped
+	g.poll.close()
+	g.cancel()
+	return nil
+}
+
+func httpError(w http.ResponseWriter, status int, code, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(protocol.ErrorBody{Error: protocol.Error{Code: code, Message: msg}})
+}

@@ -1,0 +1,129 @@
+//go:build linux
+
+package gateway
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// epoll watches every connection's socket with one epoll instance and one goroutine. A
+// socket is registered one-shot: after it reports readable, it reports nothing more until
+// the goroutine that handled it re-arms it, so exactly one goroutine reads a connection at a
+// time and an idle connection costs a kernel entry, not a goroutine.
+//
+// The event's user data is the connection's id, not its file descriptor, so an event that
+// was already returned for a socket closed meanwhile (whose fd number the kernel may have
+// handed to a new connection) finds no connection instead of the wrong one.
+type epoll struct {
+	fd     int
+	mu     sync.RWMutex
+	conns  map[uint64]*Conn
+	closed atomic.Bool
+	done   chan struct{}
+}
+
+const epollEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
+
+func newPoller() (poller, error) {
+	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("epoll_create1: %w", err)
+	}
+	p := &epoll{fd: fd, conns: make(map[uint64]*Conn), done: make(chan struct{})}
+	go p.run()
+	return p, nil
+}
+
+func (p *epoll) ctl(c *Conn, op int) error {
+	ev := unix.EpollEvent{Events: epollEvents, Fd: int32(uint32(c.id)), Pad: int32(uint32(c.id >> 32))}
+	var cerr error
+	err := c.rc.Control(func(fd uintptr) {
+		cerr = unix.EpollCtl(p.fd, op, int(fd), &ev)
+	})
+	return errors.Join(err, cerr)
+}
+
+func (p *epoll) add(c *Conn) error {
+	p.mu.Lock()
+	p.conns[c.id] = c
+	p.mu.Unlock()
+	if err := p.ctl(c, unix.EPOLL_CTL_ADD); err != nil {
+		p.remove(c)
+		return fmt.Errorf("epoll add: %w", err)
+	}
+	return nil
+}
+
+func (p *epoll) rearm(c *Conn) error {
+	return p.ctl(c, unix.EPOLL_CTL_MOD)
+}
+
+func (p *epoll) remove(c *Conn) {
+	p.mu.Lock()
+	delete(p.conns, c.id)
+	p.mu.Unlock()
+	var ev unix.EpollEvent
+	_ = c.rc.Control(func(fd uintptr) { _ = unix.EpollCtl(p.fd, unix.EPOLL_CTL_DEL, int(fd), &ev) })
+}
+
+func (p *epoll) run() {
+	defer close(p.done)
+	events := make([]unix.EpollEvent, 512)
+	for {
+		// The timeout only bounds how long close waits for this loop to notice.
+		n, err := unix.EpollWait(p.fd, events, 200)
+		if p.closed.Load() {
+			return
+		}
+		if err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			return
+		}
+		for i := range n {
+			id := uint64(uint32(events[i].Fd)) | uint64(uint32(events[i].Pad))<<32
+			p.mu.RLock()
+			c := p.conns[id]
+			p.mu.RUnlock()
+			if c != nil {
+				// A goroutine exists only while there are bytes to handle.
+				go c.readReady()
+			}
+		}
+	}
+}
+
+func (p *epoll) close() {
+	if p.closed.Swap(true) {
+		return
+	}
+	<-p.done
+	_ = unix.Close(p.fd)
+}
+
+// readSome reads what the socket has without waiting: 0, nil means nothing yet.
+func (c *Conn) readSome(buf []byte) (int, error) {
+	var n int
+	var rerr error
+	err := c.rc.Read(func(fd uintptr) bool {
+		n, rerr = unix.Read(int(fd), buf)
+		return true // never park: the poller tells us when there is more
+	})
+	switch {
+	case err != nil:
+		return 0, err
+	case errors.Is(rerr, unix.EAGAIN), errors.Is(rerr, unix.EINTR):
+		return 0, nil
+	case rerr != nil:
+		return 0, rerr
+	case n == 0:
+		return 0, errEOF
+	}
+	return n, nil
+}

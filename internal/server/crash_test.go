@@ -1,0 +1,203 @@
+package server
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws/wsutil"
+	"github.com/google/uuid"
+
+	"github.com/parley-chat/parley/protocol"
+)
+
+// buildParley compiles the real binary once per test.
+func buildParley(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "parley")
+	cmd := exec.Command("go", "build", "-o", bin, "github.com/parley-chat/parley/cmd/parley")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// startProcess runs `parley serve` on data and returns a handle once it is ready.
+func startProcess(t *testing.T, bin, data string) (*testServer, *exec.Cmd) {
+	t.Helper()
+	cmd := exec.Command(bin, "serve", "--listen", "127.0.0.1:0", "--data", data, "--log-json",
+		"--argon2-memory-kib", "64", "--argon2-time", "1")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			var line struct {
+				Msg    string `json:"msg"`
+				Listen string `json:"listen"`
+			}
+			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "parley started" {
+				addr <- line.Listen
+			}
+		}
+	}()
+	select {
+	case a := <-addr:
+		ts := &testServer{t: t, addr: a, base: "http://" + a, stop: func() {}}
+		resp, err := http.Get(ts.base + "/readyz")
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("readyz: %v %v", resp, err)
+		}
+		resp.Body.Close()
+		return ts, cmd
+	case <-time.After(20 * time.Second):
+		t.Fatal("server did not start within 20s")
+		return nil, nil
+	}
+}
+
+// TestCrashKeepsAckedMessages kills the server with SIGKILL while clients are sending and
+// starts it again on the same data: every acknowledged message is in history with the seq
+// its ack gave, the seqs are gapless, and resending the unacknowledged ones (same ids)
+// creates each at most once.
+func TestCrashKeepsAckedMessages(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	bin := buildParley(t)
+	data := t.TempDir()
+	ts, cmd := startProcess(t, bin, data)
+	alice, bob := ts.signup("alice"), ts.signup("bob")
+	convs := []string{ts.direct(alice, bob).ID, ts.group(alice, "crash", bob).ID}
+
+	type sent struct {
+		conv string
+		seq  int64 // 0 until acked
+	}
+	var mu sync.Mutex
+	ids := map[string]*sent{}
+	var acked atomic.Int64
+
+	conns := make([]*rawWS, 16)
+	for i := range conns {
+		who := alice
+		if i%2 == 1 {
+			who = bob
+		}
+		conns[i] = ts.dialRaw(who.AccessToken)
+	}
+	var wg sync.WaitGroup
+	for i, c := range conns {
+		wg.Go(func() {
+			for n := 0; ; n++ {
+				id, conv := uuid.NewString(), convs[(i+n)%2]
+				mu.Lock()
+				ids[id] = &sent{conv: conv}
+				mu.Unlock()
+				b, _ := json.Marshal(protocol.ClientFrame{Type: "send", ID: id, ConversationID: conv, Body: fmt.Sprintf("c%d m%d", i, n)})
+				if wsutil.WriteClientText(c.nc, b) != nil {
+					return
+				}
+				for {
+					f, err := c.tryRead(10 * time.Second)
+					if err != nil {
+						return
+					}
+					if f.Type == protocol.FrameAck && f.ID == id {
+						mu.Lock()
+						ids[id].seq = f.Seq
+						mu.Unlock()
+						acked.Add(1)
+						break
+					}
+				}
+			}
+		})
+	}
+	for acked.Load() < 400 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	wg.Wait()
+
+	ts2, _ := startProcess(t, bin, data)
+	alice = ts2.login("alice")
+	stored := map[string]protocol.Message{}
+	for _, conv := range convs {
+		hist := ts2.history(alice, conv, 0)
+		for i, m := range hist {
+			if m.Seq != int64(i+1) {
+				t.Fatalf("conversation %s: event %d has seq %d: a gap", conv, i, m.Seq)
+			}
+			if _, dup := stored[m.ID]; dup && m.Kind == protocol.KindText {
+				t.Fatalf("id %s stored twice", m.ID)
+			}
+			stored[m.ID] = m
+		}
+	}
+	nAcked := 0
+	var unacked []string
+	for id, s := range ids {
+		if s.seq == 0 {
+			unacked = append(unacked, id)
+			continue
+		}
+		nAcked++
+		m, ok := stored[id]
+		if !ok {
+			t.Fatalf("acked message %s (seq %d) lost in the crash", id, s.seq)
+		}
+		if m.Seq != s.seq || m.ConversationID != s.conv {
+			t.Fatalf("acked message %s: ack said %s/%d, history says %s/%d", id, s.conv, s.seq, m.ConversationID, m.Seq)
+		}
+	}
+	t.Logf("%d acked before SIGKILL, all found; %d in flight", nAcked, len(unacked))
+
+	// The client's retry after the crash: same ids. Each is stored once, whether or not it
+	// made it to disk before the kill.
+	c := ts2.dialRaw(alice.AccessToken)
+	for _, id := range unacked {
+		s := ids[id]
+		c.send(protocol.ClientFrame{Type: "send", ID: id, ConversationID: s.conv, Body: "retry"})
+		ack := c.readType(protocol.FrameAck)
+		if prev, ok := stored[id]; ok && prev.Seq != ack.Seq {
+			t.Fatalf("retry of %s stored before the crash at %d got a new seq %d", id, prev.Seq, ack.Seq)
+		}
+	}
+	_ = c
+	total := 0
+	for _, conv := range convs {
+		hist := ts2.history(alice, conv, 0)
+		for i, m := range hist {
+			if m.Seq != int64(i+1) {
+				t.Fatalf("after retries: gap at %d", i)
+			}
+			if m.Kind == protocol.KindText {
+				total++
+			}
+		}
+	}
+	if total != len(ids) {
+		t.Fatalf("%d text messages stored for %d distinct ids", total, len(ids))
+	}
+}

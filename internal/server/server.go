@@ -1,0 +1,213 @@
+// Package server wires Parley together. It is the one place that reads configuration and
+// decides which implementation each interface gets: the embedded defaults (SQLite, NATS
+// in-process) or, later, the scale-out engines. Every component takes its dependencies as
+// arguments; nothing here is global.
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"github.com/parley-chat/parley/internal/api"
+	"github.com/parley-chat/parley/internal/bus"
+	"github.com/parley-chat/parley/internal/bus/natsbus"
+	"github.com/parley-chat/parley/internal/chat"
+	"github.com/parley-chat/parley/internal/gateway"
+	"github.com/parley-chat/parley/internal/store"
+	"github.com/parley-chat/parley/internal/store/sqlite"
+)
+
+// Config is everything `parley serve` can be told. Zero fields take the defaults.
+type Config struct {
+	Listen string // address to listen on (default 127.0.0.1:8080)
+	Data   string // directory for the database, the bus's files and the signing key (default ./data)
+
+	NATSURL string // external NATS; empty runs NATS in-process
+
+	Chat    chat.Config
+	Gateway gateway.Config
+	API     api.Config
+
+	// ShutdownTimeout bounds a graceful shutdown (default 10s).
+	ShutdownTimeout time.Duration
+	// GoawayDelay is how long clients are told to wait before reconnecting (default 500ms).
+	GoawayDelay time.Duration
+}
+
+// Server is a running Parley node.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	store   store.Store
+	bus     bus.Bus
+	chat    *chat.Service
+	gateway *gateway.Gateway
+	http    *http.Server
+	ln      net.Listener
+	ready   atomic.Bool
+}
+
+// New opens (creating them if needed) the store and the bus under cfg.Data, builds every
+// component, and binds the listener. Serve starts answering.
+func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err error) {
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1:8080"
+	}
+	if cfg.Data == "" {
+		cfg.Data = "data"
+	}
+	if cfg.ShutdownTimeout <= 0 {
+		cfg.ShutdownTimeout = 10 * time.Second
+	}
+	if cfg.GoawayDelay <= 0 {
+		cfg.GoawayDelay = 500 * time.Millisecond
+	}
+	if err := os.MkdirAll(cfg.Data, 0o700); err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	s := &Server{cfg: cfg, log: log}
+	// On failure, undo what was opened, newest first.
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+
+	start := time.Now()
+	st, err := sqlite.Open(ctx, filepath.Join(cfg.Data, "parley.db"))
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	s.store = st
+	undo = append(undo, func() { _ = st.Close() })
+
+	if cfg.NATSURL != "" {
+		s.bus, err = natsbus.Connect(ctx, cfg.NATSURL, log)
+	} else {
+		s.bus, err = natsbus.Embedded(ctx, filepath.Join(cfg.Data, "nats"), log)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("start bus: %w", err)
+	}
+	undo = append(undo, func() { _ = s.bus.Close() })
+
+	key, err := loadKey(filepath.Join(cfg.Data, "auth.key"))
+	if err != nil {
+		return nil, err
+	}
+
+	s.chat, err = chat.New(st, s.bus, cfg.Chat, log.With("component", "chat"))
+	if err != nil {
+		return nil, fmt.Errorf("start chat: %w", err)
+	}
+	undo = append(undo, func() { _ = s.chat.Close(context.Background()) })
+
+	a, err := api.New(cfg.API, st, s.chat, key, log.With("component", "api"))
+	if err != nil {
+		return nil, err
+	}
+	s.gateway, err = gateway.New(cfg.Gateway, s.chat, s.bus, a, log.With("component", "gateway"))
+	if err != nil {
+		return nil, fmt.Errorf("start gateway: %w", err)
+	}
+	undo = append(undo, func() { _ = s.gateway.Close(context.Background()) })
+
+	mux := http.NewServeMux()
+	a.Routes(mux)
+	mux.Handle("GET /api/v1/ws", s.gateway)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if !s.ready.Load() {
+			http.Error(w, "not ready\n", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ready\n"))
+	})
+	s.http = &http.Server{
+		Handler:           api.WithRequestLog(log, mux),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	s.ln, err = net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	log.Info("parley started", "listen", s.ln.Addr().String(), "data", cfg.Data,
+		"bus", map[bool]string{true: "nats " + cfg.NATSURL, false: "embedded nats"}[cfg.NATSURL != ""],
+		"startup_ms", time.Since(start).Milliseconds())
+	return s, nil
+}
+
+// Addr is the address the server listens on (useful with port 0).
+func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// Run serves until ctx is cancelled, then shuts down gracefully: it stops accepting, tells
+// every client to go away, finishes the sends in flight and their acks, closes connections,
+// then the bus, then the store.
+func (s *Server) Run(ctx context.Context) error {
+	errc := make(chan error, 1)
+	s.ready.Store(true)
+	go func() { errc <- s.http.Serve(s.ln) }()
+	select {
+	case err := <-errc:
+		s.shutdown()
+		return fmt.Errorf("http server: %w", err)
+	case <-ctx.Done():
+	}
+	return s.shutdown()
+}
+
+func (s *Server) shutdown() error {
+	start := time.Now()
+	s.log.Info("shutting down", "connections", s.gateway.Len())
+	s.ready.Store(false)
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	defer cancel()
+	// 1. No new HTTP requests or connections; hijacked WebSockets are not affected.
+	s.gateway.Drain(s.cfg.GoawayDelay)
+	herr := s.http.Shutdown(ctx)
+	// 2. Every send already accepted is stored and acked.
+	cerr := s.chat.Close(ctx)
+	// 3. Acks and goaways are written; connections close with 1001.
+	gerr := s.gateway.Close(ctx)
+	berr := s.bus.Close()
+	serr := s.store.Close()
+	err := errors.Join(herr, cerr, gerr, berr, serr)
+	s.log.Info("stopped", "duration_ms", time.Since(start).Milliseconds(), "err", err)
+	return err
+}
+
+// loadKey reads the token signing key, creating it on first start. It lives in the data
+// directory so that tokens survive restarts.
+func loadKey(path string) ([]byte, error) {
+	key, err := os.ReadFile(path)
+	if err == nil && len(key) >= 32 {
+		return key, nil
+	}
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("read signing key: %w", err)
+	}
+	key = make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(path, key, 0o600); err != nil {
+		return nil, fmt.Errorf("write signing key: %w", err)
+	}
+	return key, nil
+}

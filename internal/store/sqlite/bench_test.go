@@ -1,0 +1,63 @@
+package sqlite
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/parley-chat/parley/internal/store"
+	"github.com/parley-chat/parley/protocol"
+)
+
+// BenchmarkAppend measures the hot path: one Append of a 256-request batch of new text
+// messages, one durable transaction (one WAL fsync) per op, spread over a number of
+// conversations. rows/s is appended events per second.
+func BenchmarkAppend(b *testing.B) {
+	const batchSize = 256
+	for _, convs := range []int{1, 64} {
+		b.Run(fmt.Sprintf("batch=%d/convs=%d", batchSize, convs), func(b *testing.B) {
+			ctx := b.Context()
+			s := openTemp(b)
+			for i := range convs + 1 {
+				u := fmt.Sprintf("u%03d", i)
+				if err := s.CreateUser(ctx, protocol.User{ID: u, Username: u}, "h"); err != nil {
+					b.Fatal(err)
+				}
+			}
+			// Direct conversations u000–uNNN: u000 is in all of them and sends everything.
+			ids := make([]string, convs)
+			for i := range convs {
+				c, _, err := s.CreateDirect(ctx, fmt.Sprintf("c%03d", i), "u000", fmt.Sprintf("u%03d", i+1), 0)
+				if err != nil {
+					b.Fatal(err)
+				}
+				ids[i] = c.ID
+			}
+			body := "a typical chat message, about sixty bytes long, give or take"
+			reqs := make([]store.AppendRequest, batchSize)
+			n := 0
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				for i := range reqs {
+					reqs[i] = store.AppendRequest{
+						ConversationID: ids[n%convs],
+						SenderID:       "u000",
+						ClientID:       fmt.Sprintf("%036d", n),
+						Kind:           protocol.KindText,
+						Body:           body,
+						TS:             int64(n),
+					}
+					n++
+				}
+				rs, err := s.Append(ctx, reqs)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if rs[0].Err != nil || rs[0].Duplicate {
+					b.Fatalf("result: %+v", rs[0])
+				}
+			}
+			b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "rows/s")
+		})
+	}
+}

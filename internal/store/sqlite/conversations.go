@@ -1,0 +1,577 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/google/uuid"
+
+	"github.com/parley-chat/parley/internal/store"
+	"github.com/parley-chat/parley/protocol"
+)
+
+// convRow is a conversation row joined with one member's row: a view before its members,
+// last message and unread count are filled in.
+type convRow struct {
+	c           protocol.Conversation
+	lastTextSeq int64
+}
+
+func scanConvRow(sc interface{ Scan(...any) error }) (convRow, error) {
+	var r convRow
+	err := sc.Scan(&r.c.ID, &r.c.Type, &r.c.Name, &r.c.LastSeq, &r.lastTextSeq, &r.c.CreatedTS,
+		&r.c.UpdatedTS, &r.c.LastReadSeq, &r.c.LastDeliveredSeq)
+	return r, err
+}
+
+// views completes rows into userID's views of the conversations, inside tx: members in join
+// order, the latest text message in its current state, and the unread count (text messages
+// not deleted, after the read cursor, sent by someone else).
+func (vs *viewStmts) views(ctx context.Context, tx *sql.Tx, userID string, rows []convRow) ([]protocol.Conversation, error) {
+	cs := make([]protocol.Conversation, 0, len(rows))
+	for _, r := range rows {
+		c := r.c
+		var err error
+		if c.Members, err = vs.membersOf(ctx, tx, c.ID); err != nil {
+			return nil, err
+		}
+		if r.lastTextSeq > 0 {
+			m, err := vs.messageAt(ctx, tx, c.ID, r.lastTextSeq)
+			if err != nil {
+				return nil, err
+			}
+			c.LastMessage = &m
+		}
+		if err := tx.StmtContext(ctx, vs.unread).QueryRowContext(ctx, c.ID, c.LastReadSeq, userID).
+			Scan(&c.UnreadCount); err != nil {
+			return nil, err
+		}
+		cs = append(cs, c)
+	}
+	return cs, nil
+}
+
+// view is views for one conversation, or store.ErrNotFound if userID is not a member.
+func (vs *viewStmts) view(ctx context.Context, tx *sql.Tx, id, userID string) (protocol.Conversation, error) {
+	r, err := scanConvRow(tx.StmtContext(ctx, vs.conv).QueryRowContext(ctx, id, userID))
+	if errors.Is(err, sql.ErrNoRows) {
+		return protocol.Conversation{}, fmt.Errorf("conversation %q for user %q: %w", id, userID, store.ErrNotFound)
+	}
+	if err != nil {
+		return protocol.Conversation{}, err
+	}
+	cs, err := vs.views(ctx, tx, userID, []convRow{r})
+	if err != nil {
+		return protocol.Conversation{}, err
+	}
+	return cs[0], nil
+}
+
+// membersOf returns the conversation's members in join order.
+func (vs *viewStmts) membersOf(ctx context.Context, tx *sql.Tx, id string) ([]protocol.Member, error) {
+	rows, err := tx.StmtContext(ctx, vs.members).QueryContext(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	ms := []protocol.Member{}
+	for rows.Next() {
+		var m protocol.Member
+		if err := rows.Scan(&m.UserID, &m.Role); err != nil {
+			return nil, err
+		}
+		ms = append(ms, m)
+	}
+	return ms, rows.Err()
+}
+
+// messageAt returns one event in its current state (reactions included), or store.ErrNotFound.
+func (vs *viewStmts) messageAt(ctx context.Context, tx *sql.Tx, conversationID string, seq int64) (protocol.Message, error) {
+	m, err := scanMessage(tx.StmtContext(ctx, vs.message).QueryRowContext(ctx, conversationID, seq))
+	if errors.Is(err, sql.ErrNoRows) {
+		return protocol.Message{}, fmt.Errorf("message %d of conversation %q: %w", seq, conversationID, store.ErrNotFound)
+	}
+	if err != nil {
+		return protocol.Message{}, err
+	}
+	ms := []protocol.Message{m}
+	if err := vs.attachReactions(ctx, tx, conversationID, ms); err != nil {
+		return protocol.Message{}, err
+	}
+	return ms[0], nil
+}
+
+// attachReactions fills the aggregated reactions of the text messages in ms, which must be
+// ascending by seq: per emoji in order of its first current reaction, users in the order they
+// reacted.
+func (vs *viewStmts) attachReactions(ctx context.Context, tx *sql.Tx, conversationID string, ms []protocol.Message) error {
+	lo, hi := int64(-1), int64(-1)
+	for _, m := range ms {
+		if m.Kind != protocol.KindText || m.Deleted {
+			continue
+		}
+		if lo < 0 {
+			lo = m.Seq
+		}
+		hi = m.Seq
+	}
+	if lo < 0 {
+		return nil
+	}
+	rows, err := tx.StmtContext(ctx, vs.reactions).QueryContext(ctx, conversationID, lo, hi)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var target int64
+		var emoji, userID string
+		if err := rows.Scan(&target, &emoji, &userID); err != nil {
+			return err
+		}
+		i := sort.Search(len(ms), func(i int) bool { return ms[i].Seq >= target })
+		if i == len(ms) || ms[i].Seq != target {
+			continue // in the range but not in the page (cannot happen for a contiguous page)
+		}
+		m := &ms[i]
+		j := 0
+		for j < len(m.Reactions) && m.Reactions[j].Emoji != emoji {
+			j++
+		}
+		if j == len(m.Reactions) {
+			m.Reactions = append(m.Reactions, protocol.Reaction{Emoji: emoji})
+		}
+		m.Reactions[j].Count++
+		m.Reactions[j].UserIDs = append(m.Reactions[j].UserIDs, userID)
+	}
+	return rows.Err()
+}
+
+func scanMessage(sc interface{ Scan(...any) error }) (protocol.Message, error) {
+	var m protocol.Message
+	var remove, deleted int
+	var attachments, system []byte
+	err := sc.Scan(&m.ConversationID, &m.Seq, &m.ID, &m.SenderID, &m.Kind, &m.Body, &m.ReplyTo,
+		&m.TargetSeq, &m.Emoji, &remove, &attachments, &system, &m.TS, &m.EditedTS, &deleted)
+	if err != nil {
+		return protocol.Message{}, err
+	}
+	m.Remove = remove != 0
+	m.Deleted = deleted != 0
+	if len(attachments) > 0 {
+		m.Attachments = attachments
+	}
+	if len(system) > 0 {
+		m.System = new(protocol.SystemEvent)
+		if err := json.Unmarshal(system, m.System); err != nil {
+			return protocol.Message{}, fmt.Errorf("message %d of %q: system event: %w", m.Seq, m.ConversationID, err)
+		}
+	}
+	return m, nil
+}
+
+// directKey is the unique key of the direct conversation between a and b, in either order.
+func directKey(a, b string) string {
+	if b < a {
+		a, b = b, a
+	}
+	return a + "|" + b
+}
+
+// CreateDirect implements store.Conversations. The lookup and the insert run in one write
+// transaction, and writes are serialised, so concurrent calls for a pair find the first one's
+// conversation; the unique direct_key backs that up. The conversation is returned as a sees
+// it. It has no system event: it starts at seq 0.
+func (s *Store) CreateDirect(ctx context.Context, id, a, b string, ts int64) (protocol.Conversation, bool, error) {
+	const op = "create direct"
+	if err := s.enter(op); err != nil {
+		return protocol.Conversation{}, false, err
+	}
+	defer s.leave()
+	var c protocol.Conversation
+	var created bool
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		key := directKey(a, b)
+		var existing string
+		err := tx.QueryRowContext(ctx, `SELECT id FROM conversations WHERE direct_key = ?`, key).Scan(&existing)
+		switch {
+		case err == nil:
+			id = existing
+		case errors.Is(err, sql.ErrNoRows):
+			v, err := bumpVersion(ctx, tx)
+			if err != nil {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, `INSERT INTO conversations
+				(id, type, name, direct_key, last_seq, last_text_seq, created_ts, updated_ts, version)
+				VALUES (?, ?, '', ?, 0, 0, ?, ?, ?)`, id, protocol.Direct, key, ts, ts, v); err != nil {
+				if isConstraint(err) {
+					return fmt.Errorf("conversation %q: %w", id, store.ErrConflict)
+				}
+				return err
+			}
+			users := []string{a, b}
+			if a == b {
+				users = users[:1]
+			}
+			for _, u := range users {
+				if err := insertMember(ctx, tx, id, protocol.Member{UserID: u, Role: protocol.RoleMember}, ts, 0, v); err != nil {
+					return err
+				}
+			}
+			created = true
+		default:
+			return err
+		}
+		c, err = s.wv.view(ctx, tx, id, a)
+		return err
+	})
+	if err != nil {
+		return protocol.Conversation{}, false, wrap(op, err)
+	}
+	return c, created, nil
+}
+
+// insertMember adds m to the conversation unless it is a member already, with both receipt
+// cursors at cursor (a member joins having seen the log up to the event that added them).
+func insertMember(ctx context.Context, tx *sql.Tx, convID string, m protocol.Member, ts, cursor, version int64) error {
+	if m.Role == "" {
+		m.Role = protocol.RoleMember
+	}
+	_, err := tx.ExecContext(ctx, `INSERT INTO members
+		(conversation_id, user_id, role, joined_ts, last_read_seq, last_delivered_seq, version)
+		VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
+		convID, m.UserID, m.Role, ts, cursor, cursor, version)
+	return err
+}
+
+// insertSystem stores a system event with the given seq.
+func insertSystem(ctx context.Context, tx *sql.Tx, m protocol.Message) error {
+	ev, err := json.Marshal(m.System)
+	if err != nil {
+		return err
+	}
+	_, err = tx.ExecContext(ctx, `INSERT INTO messages
+		(conversation_id, seq, client_id, sender_id, kind, body, system, ts)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+		m.ConversationID, m.Seq, m.ID, m.SenderID, protocol.KindSystem, m.Body, string(ev), m.TS)
+	if isConstraint(err) {
+		return fmt.Errorf("system event %q of %q: %w", m.ID, m.SenderID, store.ErrConflict)
+	}
+	return err
+}
+
+// CreateGroup implements store.Conversations. Members are stored in the order given, each
+// once; the creator is added if missing and is an admin either way. Every member starts with
+// its cursors at the "created" event, seq 1. ErrConflict if the ID exists.
+func (s *Store) CreateGroup(ctx context.Context, c protocol.Conversation, creatorID string, ts int64) (protocol.Conversation, protocol.Message, error) {
+	const op = "create group"
+	if err := s.enter(op); err != nil {
+		return protocol.Conversation{}, protocol.Message{}, err
+	}
+	defer s.leave()
+
+	members := make([]protocol.Member, 0, len(c.Members)+1)
+	seen := make(map[string]bool, len(c.Members)+1)
+	hasCreator := false
+	for _, m := range c.Members {
+		if seen[m.UserID] {
+			continue
+		}
+		seen[m.UserID] = true
+		if m.UserID == creatorID {
+			m.Role = protocol.RoleAdmin
+			hasCreator = true
+		}
+		members = append(members, m)
+	}
+	if !hasCreator {
+		members = append([]protocol.Member{{UserID: creatorID, Role: protocol.RoleAdmin}}, members...)
+	}
+	ids := make([]string, len(members))
+	for i, m := range members {
+		ids[i] = m.UserID
+	}
+	msg := protocol.Message{
+		ConversationID: c.ID,
+		Seq:            1,
+		ID:             uuid.NewString(),
+		SenderID:       creatorID,
+		Kind:           protocol.KindSystem,
+		System: &protocol.SystemEvent{
+			Action:  protocol.SysCreated,
+			ActorID: creatorID,
+			UserIDs: ids,
+			Name:    c.Name,
+		},
+		TS: ts,
+	}
+
+	var out protocol.Conversation
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		v, err := bumpVersion(ctx, tx)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO conversations
+			(id, type, name, direct_key, last_seq, last_text_seq, created_ts, updated_ts, version)
+			VALUES (?, ?, ?, NULL, 1, 0, ?, ?, ?)`, c.ID, protocol.Group, c.Name, ts, ts, v); err != nil {
+			if isConstraint(err) {
+				return fmt.Errorf("conversation %q: %w", c.ID, store.ErrConflict)
+			}
+			return err
+		}
+		for _, m := range members {
+			if err := insertMember(ctx, tx, c.ID, m, ts, 1, v); err != nil {
+				return err
+			}
+		}
+		if err := insertSystem(ctx, tx, msg); err != nil {
+			return err
+		}
+		out, err = s.wv.view(ctx, tx, c.ID, creatorID)
+		return err
+	})
+	if err != nil {
+		return protocol.Conversation{}, protocol.Message{}, wrap(op, err)
+	}
+	return out, msg, nil
+}
+
+// ChangeMembership implements store.Conversations. fn sees the conversation with its members
+// and no per-user fields. The change is applied as Remove, then Add (members already present
+// are left as they are; new ones start with their cursors at the system event), then SetRole
+// (for members only), then Name. Removed members' rows are deleted: they stop seeing the
+// conversation.
+func (s *Store) ChangeMembership(ctx context.Context, id string, ts int64, fn store.MembershipFunc) (protocol.Message, error) {
+	const op = "change membership"
+	if err := s.enter(op); err != nil {
+		return protocol.Message{}, err
+	}
+	defer s.leave()
+	var msg protocol.Message
+	var fnErr error
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		var c protocol.Conversation
+		var lastText int64
+		err := tx.QueryRowContext(ctx, `SELECT id, type, name, last_seq, last_text_seq, created_ts, updated_ts
+			FROM conversations WHERE id = ?`, id).
+			Scan(&c.ID, &c.Type, &c.Name, &c.LastSeq, &lastText, &c.CreatedTS, &c.UpdatedTS)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("conversation %q: %w", id, store.ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		if c.Members, err = s.wv.membersOf(ctx, tx, id); err != nil {
+			return err
+		}
+		ch, err := fn(c)
+		if err != nil {
+			fnErr = err
+			return err
+		}
+
+		v, err := bumpVersion(ctx, tx)
+		if err != nil {
+			return err
+		}
+		seq := c.LastSeq + 1
+		for _, u := range ch.Remove {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM members WHERE conversation_id = ? AND user_id = ?`, id, u); err != nil {
+				return err
+			}
+		}
+		for _, m := range ch.Add {
+			if err := insertMember(ctx, tx, id, m, ts, seq, v); err != nil {
+				return err
+			}
+		}
+		for _, m := range ch.SetRole {
+			if _, err := tx.ExecContext(ctx, `UPDATE members SET role = ?, version = ?
+				WHERE conversation_id = ? AND user_id = ?`, m.Role, v, id, m.UserID); err != nil {
+				return err
+			}
+		}
+		if ch.Name != nil {
+			if _, err := tx.ExecContext(ctx, `UPDATE conversations SET name = ? WHERE id = ?`, *ch.Name, id); err != nil {
+				return err
+			}
+		}
+		clientID := ch.ClientID
+		if clientID == "" {
+			clientID = uuid.NewString()
+		}
+		ev := ch.Event
+		msg = protocol.Message{
+			ConversationID: id,
+			Seq:            seq,
+			ID:             clientID,
+			SenderID:       ch.ActorID,
+			Kind:           protocol.KindSystem,
+			System:         &ev,
+			TS:             ts,
+		}
+		if err := insertSystem(ctx, tx, msg); err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE conversations SET last_seq = ?, updated_ts = ?, version = ? WHERE id = ?`,
+			seq, ts, v, id)
+		return err
+	})
+	if fnErr != nil {
+		return protocol.Message{}, fnErr // as is, per the contract
+	}
+	if err != nil {
+		return protocol.Message{}, wrap(op, err)
+	}
+	return msg, nil
+}
+
+// Conversation implements store.Conversations.
+func (s *Store) Conversation(ctx context.Context, id, userID string) (protocol.Conversation, error) {
+	const op = "conversation"
+	if err := s.enter(op); err != nil {
+		return protocol.Conversation{}, err
+	}
+	defer s.leave()
+	var c protocol.Conversation
+	err := s.read(ctx, func(tx *sql.Tx) error {
+		var err error
+		c, err = s.rv.view(ctx, tx, id, userID)
+		return err
+	})
+	if err != nil {
+		return protocol.Conversation{}, wrap(op, err)
+	}
+	return c, nil
+}
+
+// ConversationsOf implements store.Conversations: ordered by updated_ts (the last event's ts)
+// descending, then id descending; the cursor is the (updated_ts, id) of the last conversation
+// of the previous page, base64-encoded.
+func (s *Store) ConversationsOf(ctx context.Context, userID, cursor string, limit int) ([]protocol.Conversation, string, error) {
+	const op = "conversations of"
+	if err := s.enter(op); err != nil {
+		return nil, "", err
+	}
+	defer s.leave()
+	limit = limitOrDefault(limit)
+	q := convSelect + ` WHERE m.user_id = ?`
+	args := []any{userID}
+	if cursor != "" {
+		ts, id, err := decodeCursor(cursor)
+		if err != nil {
+			return nil, "", fmt.Errorf("sqlite: %s: %w", op, err)
+		}
+		q += ` AND (c.updated_ts, c.id) < (?, ?)`
+		args = append(args, ts, id)
+	}
+	q += ` ORDER BY c.updated_ts DESC, c.id DESC LIMIT ?`
+	args = append(args, limit+1)
+
+	var cs []protocol.Conversation
+	var next string
+	err := s.read(ctx, func(tx *sql.Tx) error {
+		rs, err := queryConvRows(ctx, tx, q, args...)
+		if err != nil {
+			return err
+		}
+		if len(rs) > limit {
+			rs = rs[:limit]
+			last := rs[len(rs)-1].c
+			next = encodeCursor(last.UpdatedTS, last.ID)
+		}
+		cs, err = s.rv.views(ctx, tx, userID, rs)
+		return err
+	})
+	if err != nil {
+		return nil, "", wrap(op, err)
+	}
+	return cs, next, nil
+}
+
+func queryConvRows(ctx context.Context, tx *sql.Tx, q string, args ...any) ([]convRow, error) {
+	rows, err := tx.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var rs []convRow
+	for rows.Next() {
+		r, err := scanConvRow(rows)
+		if err != nil {
+			return nil, err
+		}
+		rs = append(rs, r)
+	}
+	return rs, rows.Err()
+}
+
+func encodeCursor(ts int64, id string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(ts, 10) + ":" + id))
+}
+
+func decodeCursor(cursor string) (int64, string, error) {
+	b, err := base64.RawURLEncoding.DecodeString(cursor)
+	if err != nil {
+		return 0, "", fmt.Errorf("bad cursor %q", cursor)
+	}
+	tsText, id, ok := strings.Cut(string(b), ":")
+	ts, err := strconv.ParseInt(tsText, 10, 64)
+	if !ok || err != nil {
+		return 0, "", fmt.Errorf("bad cursor %q", cursor)
+	}
+	return ts, id, nil
+}
+
+// MemberIDs implements store.Conversations.
+func (s *Store) MemberIDs(ctx context.Context, id string) ([]string, error) {
+	const op = "member ids"
+	if err := s.enter(op); err != nil {
+		return nil, err
+	}
+	defer s.leave()
+	var ids []string
+	err := s.read(ctx, func(tx *sql.Tx) error {
+		var n int
+		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM conversations WHERE id = ?`, id).Scan(&n); err != nil {
+			return err
+		}
+		if n == 0 {
+			return fmt.Errorf("conversation %q: %w", id, store.ErrNotFound)
+		}
+		ms, err := s.rv.membersOf(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		ids = make([]string, len(ms))
+		for i, m := range ms {
+			ids[i] = m.UserID
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, wrap(op, err)
+	}
+	return ids, nil
+}
+
+// IsMember implements store.Conversations.
+func (s *Store) IsMember(ctx context.Context, id, userID string) (bool, error) {
+	const op = "is member"
+	if err := s.enter(op); err != nil {
+		return false, err
+	}
+	defer s.leave()
+	var ok bool
+	err := s.rv.isMember.QueryRowContext(ctx, id, userID).Scan(&ok)
+	return ok, wrap(op, err)
+}

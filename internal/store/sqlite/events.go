@@ -1,0 +1,465 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"math"
+
+	"github.com/google/uuid"
+
+	"github.com/parley-chat/parley/internal/store"
+	"github.com/parley-chat/parley/protocol"
+)
+
+// errNothingStored ends an Append transaction that stored nothing: it is rolled back instead
+// of committed, which saves the fsync.
+var errNothingStored = errors.New("nothing stored")
+
+// head is a conversation's log head as an Append batch advances it.
+type head struct {
+	lastSeq, lastTextSeq, updatedTS int64
+	touched                         bool
+}
+
+type memberKey struct{ conv, user string }
+
+// batch is the state of one Append transaction: the statements bound to it, and what it has
+// learnt about membership and log heads, so each is read once per batch, not once per request.
+type batch struct {
+	// ctx runs the statements: the caller's context without its cancellation. The driver
+	// watches a cancellable context with a goroutine per statement, which costs more than
+	// a hot-path statement itself, so Append checks the caller's context between requests
+	// instead (a cancelled batch rolls back, as if a statement had failed).
+	ctx     context.Context
+	tx      *sql.Tx
+	w       writeStmts // bound to tx
+	s       *Store
+	members map[memberKey]bool
+	heads   map[string]*head
+	order   []string // conversations in the order the batch first touched them
+	stored  int
+}
+
+// Append implements store.Events. The batch is one BEGIN IMMEDIATE transaction on the single
+// writer connection: one fsync at COMMIT for all of it. Per request it runs, in order:
+// the dedupe lookup (a stored (sender, client id) answers with the original even if the
+// sender has left since), the membership check, the target check of an edit, delete or
+// reaction, then the insert with the conversation's next seq. Log heads are written back once
+// per conversation at the end, with one bump of the sync version.
+func (s *Store) Append(ctx context.Context, reqs []store.AppendRequest) ([]store.AppendResult, error) {
+	const op = "append"
+	if err := s.enter(op); err != nil {
+		return nil, err
+	}
+	defer s.leave()
+	if len(reqs) == 0 {
+		return []store.AppendResult{}, nil
+	}
+	results := make([]store.AppendResult, len(reqs))
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		b := batch{
+			ctx:     context.WithoutCancel(ctx),
+			tx:      tx,
+			s:       s,
+			members: make(map[memberKey]bool),
+			heads:   make(map[string]*head),
+		}
+		b.bind()
+		for i := range reqs {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			r, err := b.append(reqs[i])
+			if err != nil {
+				return fmt.Errorf("request %d: %w", i, err)
+			}
+			results[i] = r
+		}
+		if b.stored == 0 {
+			return errNothingStored
+		}
+		v, err := bumpVersion(ctx, tx)
+		if err != nil {
+			return err
+		}
+		for _, id := range b.order {
+			h := b.heads[id]
+			if !h.touched {
+				continue
+			}
+			if _, err := b.w.setHead.ExecContext(b.ctx, h.lastSeq, h.lastTextSeq, h.updatedTS, v, id); err != nil {
+				return fmt.Errorf("conversation %q: %w", id, err)
+			}
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errNothingStored) {
+		return nil, wrap(op, err)
+	}
+	return results, nil
+}
+
+// bind binds the writer's prepared statements to the batch's transaction.
+func (b *batch) bind() {
+	st := func(s *sql.Stmt) *sql.Stmt { return b.tx.StmtContext(b.ctx, s) }
+	w := &b.s.w
+	b.w = writeStmts{
+		dedupe: st(w.dedupe), member: st(w.member), head: st(w.head), insert: st(w.insert),
+		target: st(w.target), edit: st(w.edit), del: st(w.del), dropReactions: st(w.dropReactions),
+		react: st(w.react), unreact: st(w.unreact), setHead: st(w.setHead),
+	}
+}
+
+// append handles one request. A per-request failure is in the result; an error is fatal to
+// the batch.
+func (b *batch) append(r store.AppendRequest) (store.AppendResult, error) {
+	if r.ClientID == "" {
+		r.ClientID = uuid.NewString()
+	}
+	switch r.Kind {
+	case protocol.KindText:
+		r.TargetSeq, r.Emoji, r.Remove = 0, "", false
+	case protocol.KindEdit:
+		r.ReplyTo, r.Attachments, r.Emoji, r.Remove = 0, nil, "", false
+	case protocol.KindDelete:
+		r.Body, r.ReplyTo, r.Attachments, r.Emoji, r.Remove = "", 0, nil, "", false
+	case protocol.KindReaction:
+		r.Body, r.ReplyTo, r.Attachments = "", 0, nil
+	default:
+		// System events come only from CreateGroup and ChangeMembership.
+		return store.AppendResult{Err: fmt.Errorf("sqlite: append: kind %q cannot be appended", r.Kind)}, nil
+	}
+
+	// Text is the hot path: the insert itself detects a duplicate (ON CONFLICT DO NOTHING),
+	// so a new message costs one statement. Other kinds look the key up first, because a
+	// duplicate must win over a target that has become invalid since.
+	member, err := b.isMember(r.ConversationID, r.SenderID)
+	if err != nil {
+		return store.AppendResult{}, err
+	}
+	if !member || r.Kind != protocol.KindText {
+		if res, ok, err := b.duplicate(r); err != nil || ok {
+			return res, err
+		}
+	}
+	if !member {
+		return store.AppendResult{Err: fmt.Errorf("sqlite: append: user %q in conversation %q: %w",
+			r.SenderID, r.ConversationID, store.ErrNotMember)}, nil
+	}
+	h, err := b.head(r.ConversationID)
+	if err != nil {
+		return store.AppendResult{}, err
+	}
+	if r.Kind != protocol.KindText {
+		ok, err := b.validTarget(r.ConversationID, r.TargetSeq)
+		if err != nil {
+			return store.AppendResult{}, err
+		}
+		if !ok {
+			return store.AppendResult{Err: fmt.Errorf("sqlite: append: %s of message %d in conversation %q: %w",
+				r.Kind, r.TargetSeq, r.ConversationID, store.ErrNotFound)}, nil
+		}
+	}
+
+	seq := h.lastSeq + 1
+	var attachments any
+	if len(r.Attachments) > 0 {
+		attachments = r.Attachments
+	}
+	res, err := b.w.insert.ExecContext(b.ctx, r.ConversationID, seq, r.ClientID, r.SenderID, r.Kind, r.Body,
+		r.ReplyTo, r.TargetSeq, r.Emoji, boolInt(r.Remove), attachments, nil, r.TS)
+	if err != nil {
+		return store.AppendResult{}, err
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return store.AppendResult{}, err
+	}
+	if n == 0 {
+		res, ok, err := b.duplicate(r)
+		if err == nil && !ok {
+			err = fmt.Errorf("insert of (%q, %q) conflicted but no original found", r.SenderID, r.ClientID)
+		}
+		return res, err
+	}
+
+	if err := b.apply(r, seq); err != nil {
+		return store.AppendResult{}, err
+	}
+	h.lastSeq = seq
+	if r.Kind == protocol.KindText {
+		h.lastTextSeq = seq
+	}
+	h.updatedTS = r.TS
+	h.touched = true
+	b.stored++
+	return store.AppendResult{Message: protocol.Message{
+		ConversationID: r.ConversationID,
+		Seq:            seq,
+		ID:             r.ClientID,
+		SenderID:       r.SenderID,
+		Kind:           r.Kind,
+		Body:           r.Body,
+		ReplyTo:        r.ReplyTo,
+		TargetSeq:      r.TargetSeq,
+		Emoji:          r.Emoji,
+		Remove:         r.Remove,
+		Attachments:    r.Attachments,
+		TS:             r.TS,
+	}}, nil
+}
+
+// apply makes an edit, delete or reaction stored as seq take effect on its target.
+func (b *batch) apply(r store.AppendRequest, seq int64) error {
+	var err error
+	switch r.Kind {
+	case protocol.KindEdit:
+		_, err = b.w.edit.ExecContext(b.ctx, r.Body, r.TS, r.ConversationID, r.TargetSeq)
+	case protocol.KindDelete:
+		if _, err = b.w.del.ExecContext(b.ctx, r.ConversationID, r.TargetSeq); err == nil {
+			_, err = b.w.dropReactions.ExecContext(b.ctx, r.ConversationID, r.TargetSeq)
+		}
+	case protocol.KindReaction:
+		if r.Remove {
+			_, err = b.w.unreact.ExecContext(b.ctx, r.ConversationID, r.TargetSeq, r.Emoji, r.SenderID)
+		} else {
+			_, err = b.w.react.ExecContext(b.ctx, r.ConversationID, r.TargetSeq, r.Emoji, r.SenderID, seq)
+		}
+	}
+	return err
+}
+
+// duplicate returns the stored original of r's (sender, client id), if there is one.
+func (b *batch) duplicate(r store.AppendRequest) (store.AppendResult, bool, error) {
+	var conv string
+	var seq int64
+	err := b.w.dedupe.QueryRowContext(b.ctx, r.SenderID, r.ClientID).Scan(&conv, &seq)
+	if errors.Is(err, sql.ErrNoRows) {
+		return store.AppendResult{}, false, nil
+	}
+	if err != nil {
+		return store.AppendResult{}, false, err
+	}
+	m, err := b.s.wv.messageAt(b.ctx, b.tx, conv, seq)
+	if err != nil {
+		return store.AppendResult{}, false, err
+	}
+	return store.AppendResult{Message: m, Duplicate: true}, true, nil
+}
+
+// isMember answers from the batch's cache: membership cannot change inside an Append.
+func (b *batch) isMember(conv, user string) (bool, error) {
+	k := memberKey{conv, user}
+	if ok, seen := b.members[k]; seen {
+		return ok, nil
+	}
+	var ok bool
+	if err := b.w.member.QueryRowContext(b.ctx, conv, user).Scan(&ok); err != nil {
+		return false, err
+	}
+	b.members[k] = ok
+	return ok, nil
+}
+
+// head returns the conversation's log head, read once per batch.
+func (b *batch) head(conv string) (*head, error) {
+	if h, ok := b.heads[conv]; ok {
+		return h, nil
+	}
+	h := &head{}
+	if err := b.w.head.QueryRowContext(b.ctx, conv).Scan(&h.lastSeq, &h.lastTextSeq, &h.updatedTS); err != nil {
+		return nil, fmt.Errorf("conversation %q: %w", conv, err)
+	}
+	b.heads[conv] = h
+	b.order = append(b.order, conv)
+	return h, nil
+}
+
+// validTarget reports whether seq is a text message of the conversation that is not deleted.
+func (b *batch) validTarget(conv string, seq int64) (bool, error) {
+	var kind string
+	var deleted bool
+	err := b.w.target.QueryRowContext(b.ctx, conv, seq).Scan(&kind, &deleted)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return kind == protocol.KindText && !deleted, nil
+}
+
+// Messages implements store.Events. The membership check, the page and its reactions are
+// read in one snapshot.
+func (s *Store) Messages(ctx context.Context, conversationID, userID string, before, after int64, limit int) ([]protocol.Message, bool, error) {
+	const op = "messages"
+	if err := s.enter(op); err != nil {
+		return nil, false, err
+	}
+	defer s.leave()
+	limit = limitOrDefault(limit)
+	if before <= 0 {
+		before = math.MaxInt64
+	}
+	var ms []protocol.Message
+	var more bool
+	err := s.read(ctx, func(tx *sql.Tx) error {
+		var member bool
+		if err := tx.StmtContext(ctx, s.rv.isMember).QueryRowContext(ctx, conversationID, userID).Scan(&member); err != nil {
+			return err
+		}
+		if !member {
+			return fmt.Errorf("conversation %q for user %q: %w", conversationID, userID, store.ErrNotFound)
+		}
+		var rows *sql.Rows
+		var err error
+		if after < 0 {
+			rows, err = tx.StmtContext(ctx, s.rv.pageDesc).QueryContext(ctx, conversationID, before, limit+1)
+		} else {
+			rows, err = tx.StmtContext(ctx, s.rv.pageAsc).QueryContext(ctx, conversationID, after, before, limit+1)
+		}
+		if err != nil {
+			return err
+		}
+		ms, err = scanMessages(rows)
+		if err != nil {
+			return err
+		}
+		if len(ms) > limit {
+			more = true
+			ms = ms[:limit]
+		}
+		if after < 0 {
+			for i, j := 0, len(ms)-1; i < j; i, j = i+1, j-1 {
+				ms[i], ms[j] = ms[j], ms[i]
+			}
+		}
+		return s.rv.attachReactions(ctx, tx, conversationID, ms)
+	})
+	if err != nil {
+		return nil, false, wrap(op, err)
+	}
+	return ms, more, nil
+}
+
+func scanMessages(rows *sql.Rows) ([]protocol.Message, error) {
+	defer rows.Close()
+	ms := []protocol.Message{}
+	for rows.Next() {
+		m, err := scanMessage(rows)
+		if err != nil {
+			return nil, err
+		}
+		ms = append(ms, m)
+	}
+	return ms, rows.Err()
+}
+
+// Message implements store.Events.
+func (s *Store) Message(ctx context.Context, conversationID string, seq int64) (protocol.Message, error) {
+	const op = "message"
+	if err := s.enter(op); err != nil {
+		return protocol.Message{}, err
+	}
+	defer s.leave()
+	var m protocol.Message
+	err := s.read(ctx, func(tx *sql.Tx) error {
+		var err error
+		m, err = s.rv.messageAt(ctx, tx, conversationID, seq)
+		return err
+	})
+	if err != nil {
+		return protocol.Message{}, wrap(op, err)
+	}
+	return m, nil
+}
+
+// Receipt cursor statuses of SetCursor.
+const (
+	statusDelivered = "delivered"
+	statusRead      = "read"
+)
+
+// SetCursor implements store.Events. A move stamps the member's row with a new sync version;
+// no move writes nothing.
+func (s *Store) SetCursor(ctx context.Context, conversationID, userID, status string, seq int64, ts int64) (bool, error) {
+	const op = "set cursor"
+	if err := s.enter(op); err != nil {
+		return false, err
+	}
+	defer s.leave()
+	if status != statusDelivered && status != statusRead {
+		return false, fmt.Errorf("sqlite: %s: unknown status %q", op, status)
+	}
+	var changed bool
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		var read, delivered, readTS, deliveredTS, last int64
+		err := tx.QueryRowContext(ctx, `SELECT m.last_read_seq, m.last_delivered_seq, m.last_read_ts,
+			m.last_delivered_ts, c.last_seq
+			FROM members m JOIN conversations c ON c.id = m.conversation_id
+			WHERE m.conversation_id = ? AND m.user_id = ?`, conversationID, userID).
+			Scan(&read, &delivered, &readTS, &deliveredTS, &last)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("user %q in conversation %q: %w", userID, conversationID, store.ErrNotMember)
+		}
+		if err != nil {
+			return err
+		}
+		seq = min(max(seq, 0), last)
+		if status == statusRead && seq > read {
+			read, readTS, changed = seq, ts, true
+		}
+		if seq > delivered {
+			delivered, deliveredTS, changed = seq, ts, true
+		}
+		if !changed {
+			return errNothingStored
+		}
+		v, err := bumpVersion(ctx, tx)
+		if err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE members SET last_read_seq = ?, last_read_ts = ?,
+			last_delivered_seq = ?, last_delivered_ts = ?, version = ?
+			WHERE conversation_id = ? AND user_id = ?`,
+			read, readTS, delivered, deliveredTS, v, conversationID, userID)
+		return err
+	})
+	if err != nil && !errors.Is(err, errNothingStored) {
+		return false, wrap(op, err)
+	}
+	return changed, nil
+}
+
+// Sync implements store.Events. Every write that changes what Sync reports bumps meta.version
+// once and stamps the conversation (events, membership, name) or the member row (the user's
+// cursors, role, joining) with it; Sync reads the counter and the rows stamped after since in
+// one snapshot, so next covers exactly what was returned. A conversation the user was removed
+// from is not returned: its member row is gone.
+func (s *Store) Sync(ctx context.Context, userID string, since int64) ([]protocol.Conversation, int64, error) {
+	const op = "sync"
+	if err := s.enter(op); err != nil {
+		return nil, 0, err
+	}
+	defer s.leave()
+	var cs []protocol.Conversation
+	var next int64
+	err := s.read(ctx, func(tx *sql.Tx) error {
+		if err := tx.QueryRowContext(ctx, `SELECT version FROM meta`).Scan(&next); err != nil {
+			return err
+		}
+		rs, err := queryConvRows(ctx, tx, convSelect+` WHERE m.user_id = ? AND (c.version > ? OR m.version > ?)
+			ORDER BY c.updated_ts DESC, c.id DESC`, userID, since, since)
+		if err != nil {
+			return err
+		}
+		cs, err = s.rv.views(ctx, tx, userID, rs)
+		return err
+	})
+	if err != nil {
+		return nil, 0, wrap(op, err)
+	}
+	return cs, next, nil
+}

@@ -1,0 +1,353 @@
+// Package sqlite implements store.Store on one SQLite file, with the pure-Go driver
+// modernc.org/sqlite (no cgo).
+//
+// Concurrency model: every write goes through one connection (a *sql.DB limited to one open
+// connection) in BEGIN IMMEDIATE transactions, so writes are serialised in the process and
+// never fail with SQLITE_BUSY against each other; that single writer is what makes a
+// conversation's seq gapless and lets Append group-commit a whole batch with one fsync.
+// Reads use a separate pool of query-only connections which, in WAL mode, see a consistent
+// snapshot without blocking the writer or being blocked by it.
+//
+// Durability: journal_mode=WAL with synchronous=FULL, so a committed transaction has been
+// fsynced to the WAL and survives SIGKILL and power loss.
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/parley-chat/parley/internal/store"
+)
+
+//go:embed migrations/*.sql
+var migrationFiles embed.FS
+
+// readerConns is the size of the read pool. Readers do not block each other or the writer in
+// WAL mode; a handful covers the server's concurrent history and sync reads.
+const readerConns = 4
+
+// defaultLimit is the page size used when a caller passes a limit <= 0.
+const defaultLimit = 50
+
+// Store is the SQLite store. It is safe for concurrent use.
+type Store struct {
+	// mu is read-held by every call for its whole duration and write-held by Close, so that
+	// Close waits for in-flight calls and later calls see closed.
+	mu     sync.RWMutex
+	closed bool
+
+	writer *sql.DB // one connection: every write, serialised
+	reader *sql.DB // query-only pool
+
+	w  writeStmts // prepared on writer: the Append hot path
+	wv viewStmts  // prepared on writer: views built inside write transactions
+	rv viewStmts  // prepared on reader: views and history
+
+	// applied is the number of migrations this Open applied (tests check re-opening applies
+	// none).
+	applied int
+}
+
+var _ store.Store = (*Store)(nil)
+
+// Open opens (creating it, and its directory, if needed) the database file at path, applies
+// pending migrations and prepares the hot statements.
+func Open(ctx context.Context, path string) (*Store, error) {
+	return open(ctx, path, migrationFiles)
+}
+
+// open is Open with the migrations taken from fsys (a "migrations" directory), so tests can
+// add migrations.
+func open(ctx context.Context, path string, fsys fs.FS) (_ *Store, err error) {
+	if path == "" || strings.ContainsRune(path, '?') {
+		return nil, fmt.Errorf("sqlite: open %q: path must be non-empty and contain no '?'", path)
+	}
+	if dir := filepath.Dir(path); dir != "" {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+		}
+	}
+	s := &Store{}
+	defer func() {
+		if err != nil {
+			s.closeDBs()
+		}
+	}()
+
+	// busy_timeout only matters against other processes (and the checkpointer): inside the
+	// process writes are serialised by the single writer connection.
+	common := url.Values{}
+	common.Add("_pragma", "busy_timeout(10000)")
+	common.Add("_pragma", "journal_mode(WAL)")
+	common.Add("_pragma", "synchronous(FULL)")
+	common.Add("_pragma", "foreign_keys(ON)")
+
+	wq := cloneValues(common)
+	wq.Set("_txlock", "immediate")
+	wq.Add("_pragma", "cache_size(-65536)")
+	s.writer, err = sql.Open("sqlite", path+"?"+wq.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: writer: %w", path, err)
+	}
+	s.writer.SetMaxOpenConns(1)
+	s.writer.SetMaxIdleConns(1)
+	s.writer.SetConnMaxLifetime(0)
+	s.writer.SetConnMaxIdleTime(0)
+	if err := s.writer.PingContext(ctx); err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: writer: %w", path, err)
+	}
+
+	s.applied, err = migrate(ctx, s.writer, fsys)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+
+	// The reader opens after the migrations, so that it never sees a half-made schema and
+	// its journal_mode pragma finds the file already in WAL mode.
+	rq := cloneValues(common)
+	rq.Add("_pragma", "query_only(ON)")
+	rq.Add("_pragma", "cache_size(-16384)")
+	s.reader, err = sql.Open("sqlite", path+"?"+rq.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: reader: %w", path, err)
+	}
+	s.reader.SetMaxOpenConns(readerConns)
+	s.reader.SetMaxIdleConns(readerConns)
+	s.reader.SetConnMaxLifetime(0)
+	s.reader.SetConnMaxIdleTime(0)
+	if err := s.reader.PingContext(ctx); err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: reader: %w", path, err)
+	}
+
+	if err := s.w.prepare(ctx, s.writer); err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: prepare: %w", path, err)
+	}
+	if err := s.wv.prepare(ctx, s.writer); err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: prepare: %w", path, err)
+	}
+	if err := s.rv.prepare(ctx, s.reader); err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: prepare: %w", path, err)
+	}
+	return s, nil
+}
+
+func cloneValues(v url.Values) url.Values {
+	c := make(url.Values, len(v))
+	for k, vs := range v {
+		c[k] = append([]string(nil), vs...)
+	}
+	return c
+}
+
+// migration is one numbered SQL file.
+type migration struct {
+	version int
+	name    string
+	sql     string
+}
+
+// loadMigrations reads migrations/NNNN_name.sql from fsys, ordered by version.
+func loadMigrations(fsys fs.FS) ([]migration, error) {
+	entries, err := fs.ReadDir(fsys, "migrations")
+	if err != nil {
+		return nil, err
+	}
+	var ms []migration
+	seen := map[int]string{}
+	for _, e := range entries {
+		name := e.Name()
+		if e.IsDir() || !strings.HasSuffix(name, ".sql") {
+			continue
+		}
+		num, _, ok := strings.Cut(name, "_")
+		v, err := strconv.Atoi(num)
+		if !ok || err != nil || v <= 0 {
+			return nil, fmt.Errorf("migration %s: name must be NNNN_name.sql", name)
+		}
+		if prev, dup := seen[v]; dup {
+			return nil, fmt.Errorf("migrations %s and %s share version %d", prev, name, v)
+		}
+		seen[v] = name
+		b, err := fs.ReadFile(fsys, "migrations/"+name)
+		if err != nil {
+			return nil, err
+		}
+		ms = append(ms, migration{version: v, name: name, sql: string(b)})
+	}
+	sort.Slice(ms, func(i, j int) bool { return ms[i].version < ms[j].version })
+	return ms, nil
+}
+
+// migrate applies, in version order, each migration not yet recorded in schema_migrations,
+// each in its own transaction together with its record, and returns how many it applied.
+func migrate(ctx context.Context, db *sql.DB, fsys fs.FS) (int, error) {
+	ms, err := loadMigrations(fsys)
+	if err != nil {
+		return 0, fmt.Errorf("migrate: %w", err)
+	}
+	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+		version    INTEGER PRIMARY KEY,
+		name       TEXT NOT NULL,
+		applied_ts INTEGER NOT NULL
+	)`); err != nil {
+		return 0, fmt.Errorf("migrate: %w", err)
+	}
+	applied := 0
+	for _, m := range ms {
+		err := inTx(ctx, db, func(tx *sql.Tx) error {
+			var n int
+			if err := tx.QueryRowContext(ctx,
+				`SELECT count(*) FROM schema_migrations WHERE version = ?`, m.version).Scan(&n); err != nil {
+				return err
+			}
+			if n > 0 {
+				return nil
+			}
+			if _, err := tx.ExecContext(ctx, m.sql); err != nil {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx,
+				`INSERT INTO schema_migrations (version, name, applied_ts) VALUES (?, ?, ?)`,
+				m.version, m.name, time.Now().UnixMilli()); err != nil {
+				return err
+			}
+			applied++
+			return nil
+		})
+		if err != nil {
+			return applied, fmt.Errorf("migrate %s: %w", m.name, err)
+		}
+	}
+	return applied, nil
+}
+
+// Close waits for in-flight calls, then closes both connection pools. Later calls return
+// store.ErrClosed; closing twice is not an error.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	if err := s.closeDBs(); err != nil {
+		return fmt.Errorf("sqlite: close: %w", err)
+	}
+	return nil
+}
+
+// closeDBs closes the statements and both pools, whichever exist.
+func (s *Store) closeDBs() error {
+	s.w.close()
+	s.wv.close()
+	s.rv.close()
+	var errs []error
+	if s.reader != nil {
+		errs = append(errs, s.reader.Close())
+	}
+	if s.writer != nil {
+		errs = append(errs, s.writer.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// enter admits a call unless the store is closed; every admitted call must call s.leave.
+func (s *Store) enter(op string) error {
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return fmt.Errorf("sqlite: %s: %w", op, store.ErrClosed)
+	}
+	return nil
+}
+
+func (s *Store) leave() { s.mu.RUnlock() }
+
+// inTx runs fn in a transaction on db and commits it if fn returns nil. On the writer the
+// transaction is BEGIN IMMEDIATE (see the DSN), so it holds the write lock from the start.
+func inTx(ctx context.Context, db *sql.DB, fn func(tx *sql.Tx) error) error {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	// Rolls back if fn fails or panics; a no-op after Commit. Without it a panic would
+	// leave the writer's only connection inside a transaction forever.
+	defer tx.Rollback()
+	if err := fn(tx); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// write runs fn in a write transaction.
+func (s *Store) write(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	return inTx(ctx, s.writer, fn)
+}
+
+// read runs fn in a read transaction: all its queries see one snapshot.
+func (s *Store) read(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	return inTx(ctx, s.reader, fn)
+}
+
+// bumpVersion increments the global sync version and returns the new value. Every write
+// transaction that changes what Sync reports calls it once and stamps the rows it changes.
+func bumpVersion(ctx context.Context, tx *sql.Tx) (int64, error) {
+	var v int64
+	err := tx.QueryRowContext(ctx, `UPDATE meta SET version = version + 1 RETURNING version`).Scan(&v)
+	if err != nil {
+		return 0, fmt.Errorf("bump version: %w", err)
+	}
+	return v, nil
+}
+
+// isConstraint reports whether err is a UNIQUE or PRIMARY KEY violation.
+func isConstraint(err error) bool {
+	var se *sqlite.Error
+	if !errors.As(err, &se) {
+		return false
+	}
+	switch se.Code() {
+	case sqlite3.SQLITE_CONSTRAINT_UNIQUE, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY:
+		return true
+	}
+	return false
+}
+
+// wrap adds the operation to err, keeping nil nil.
+func wrap(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("sqlite: %s: %w", op, err)
+}
+
+// limitOrDefault maps a non-positive limit to defaultLimit.
+func limitOrDefault(limit int) int {
+	if limit <= 0 {
+		return defaultLimit
+	}
+	return limit
+}
+
+// boolInt is SQLite's storage of a bool.
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,341 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/parley-chat/parley/internal/store"
+	"github.com/parley-chat/parley/protocol"
+)
+
+const userCols = `id, username, display_name, created_ts`
+
+func scanUser(sc interface{ Scan(...any) error }) (protocol.User, error) {
+	var u protocol.User
+	err := sc.Scan(&u.ID, &u.Username, &u.DisplayName, &u.CreatedTS)
+	return u, err
+}
+
+func scanUsers(rows *sql.Rows) ([]protocol.User, error) {
+	defer rows.Close()
+	us := []protocol.User{}
+	for rows.Next() {
+		u, err := scanUser(rows)
+		if err != nil {
+			return nil, err
+		}
+		us = append(us, u)
+	}
+	return us, rows.Err()
+}
+
+// CreateUser implements store.Users.
+func (s *Store) CreateUser(ctx context.Context, u protocol.User, passwordHash string) error {
+	const op = "create user"
+	if err := s.enter(op); err != nil {
+		return err
+	}
+	defer s.leave()
+	_, err := s.writer.ExecContext(ctx,
+		`INSERT INTO users (id, username, display_name, password_hash, created_ts) VALUES (?, ?, ?, ?, ?)`,
+		u.ID, u.Username, u.DisplayName, passwordHash, u.CreatedTS)
+	if isConstraint(err) {
+		return fmt.Errorf("sqlite: %s %q: %w", op, u.Username, store.ErrConflict)
+	}
+	return wrap(op, err)
+}
+
+// UserByUsername implements store.Users.
+func (s *Store) UserByUsername(ctx context.Context, username string) (protocol.User, string, error) {
+	const op = "user by username"
+	if err := s.enter(op); err != nil {
+		return protocol.User{}, "", err
+	}
+	defer s.leave()
+	var u protocol.User
+	var hash string
+	err := s.reader.QueryRowContext(ctx,
+		`SELECT `+userCols+`, password_hash FROM users WHERE username = ?`, username).
+		Scan(&u.ID, &u.Username, &u.DisplayName, &u.CreatedTS, &hash)
+	if errors.Is(err, sql.ErrNoRows) {
+		return protocol.User{}, "", fmt.Errorf("sqlite: %s %q: %w", op, username, store.ErrNotFound)
+	}
+	if err != nil {
+		return protocol.User{}, "", wrap(op, err)
+	}
+	return u, hash, nil
+}
+
+// UserByID implements store.Users.
+func (s *Store) UserByID(ctx context.Context, id string) (protocol.User, error) {
+	const op = "user by id"
+	if err := s.enter(op); err != nil {
+		return protocol.User{}, err
+	}
+	defer s.leave()
+	u, err := scanUser(s.reader.QueryRowContext(ctx, `SELECT `+userCols+` FROM users WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return protocol.User{}, fmt.Errorf("sqlite: %s %q: %w", op, id, store.ErrNotFound)
+	}
+	return u, wrap(op, err)
+}
+
+// maxParams bounds the ids bound into one IN (...) list, well under SQLite's variable limit.
+const maxParams = 500
+
+// UsersByID implements store.Users.
+func (s *Store) UsersByID(ctx context.Context, ids []string) ([]protocol.User, error) {
+	const op = "users by id"
+	if err := s.enter(op); err != nil {
+		return nil, err
+	}
+	defer s.leave()
+	us := []protocol.User{}
+	for len(ids) > 0 {
+		chunk := ids[:min(len(ids), maxParams)]
+		ids = ids[len(chunk):]
+		args := make([]any, len(chunk))
+		for i, id := range chunk {
+			args[i] = id
+		}
+		rows, err := s.reader.QueryContext(ctx,
+			`SELECT `+userCols+` FROM users WHERE id IN (`+placeholders(len(chunk))+`)`, args...)
+		if err != nil {
+			return nil, wrap(op, err)
+		}
+		got, err := scanUsers(rows)
+		if err != nil {
+			return nil, wrap(op, err)
+		}
+		us = append(us, got...)
+	}
+	return us, nil
+}
+
+// placeholders returns "?, ?, ..." with n marks.
+func placeholders(n int) string {
+	return strings.TrimSuffix(strings.Repeat("?, ", n), ", ")
+}
+
+// SetDisplayName implements store.Users.
+func (s *Store) SetDisplayName(ctx context.Context, id, displayName string) (protocol.User, error) {
+	const op = "set display name"
+	if err := s.enter(op); err != nil {
+		return protocol.User{}, err
+	}
+	defer s.leave()
+	u, err := scanUser(s.writer.QueryRowContext(ctx,
+		`UPDATE users SET display_name = ? WHERE id = ? RETURNING `+userCols, displayName, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return protocol.User{}, fmt.Errorf("sqlite: %s %q: %w", op, id, store.ErrNotFound)
+	}
+	return u, wrap(op, err)
+}
+
+// SearchUsers implements store.Users. The prefix match is a range scan of the username index:
+// username >= prefix and below the least string greater than every string with that prefix.
+func (s *Store) SearchUsers(ctx context.Context, prefix string, limit int) ([]protocol.User, error) {
+	const op = "search users"
+	if err := s.enter(op); err != nil {
+		return nil, err
+	}
+	defer s.leave()
+	limit = limitOrDefault(limit)
+	var rows *sql.Rows
+	var err error
+	if upper, ok := prefixUpperBound(prefix); ok {
+		rows, err = s.reader.QueryContext(ctx, `SELECT `+userCols+` FROM users
+			WHERE username >= ? AND username < ? ORDER BY username LIMIT ?`, prefix, upper, limit)
+	} else {
+		rows, err = s.reader.QueryContext(ctx, `SELECT `+userCols+` FROM users
+			WHERE username >= ? ORDER BY username LIMIT ?`, prefix, limit)
+	}
+	if err != nil {
+		return nil, wrap(op, err)
+	}
+	us, err := scanUsers(rows)
+	return us, wrap(op, err)
+}
+
+// prefixUpperBound returns the least byte string greater than every string starting with
+// prefix (SQLite's BINARY collation compares bytes), or false if there is none (the prefix is
+// empty or all 0xff bytes).
+func prefixUpperBound(prefix string) (string, bool) {
+	b := []byte(prefix)
+	for i := len(b) - 1; i >= 0; i-- {
+		if b[i] < 0xff {
+			b[i]++
+			return string(b[:i+1]), true
+		}
+	}
+	return "", false
+}
+
+const deviceCols = `id, user_id, name, refresh_hash, refresh_expires_ts, created_ts, revoked_ts`
+
+func scanDevice(sc interface{ Scan(...any) error }) (store.Device, error) {
+	var d store.Device
+	err := sc.Scan(&d.ID, &d.UserID, &d.Name, &d.RefreshHash, &d.RefreshExpiresTS, &d.CreatedTS, &d.RevokedTS)
+	return d, err
+}
+
+// CreateDevice implements store.Devices.
+func (s *Store) CreateDevice(ctx context.Context, d store.Device) error {
+	const op = "create device"
+	if err := s.enter(op); err != nil {
+		return err
+	}
+	defer s.leave()
+	_, err := s.writer.ExecContext(ctx, `INSERT INTO devices (`+deviceCols+`) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+		d.ID, d.UserID, d.Name, d.RefreshHash, d.RefreshExpiresTS, d.CreatedTS, d.RevokedTS)
+	if isConstraint(err) {
+		return fmt.Errorf("sqlite: %s %q: %w", op, d.ID, store.ErrConflict)
+	}
+	return wrap(op, err)
+}
+
+// Device implements store.Devices.
+func (s *Store) Device(ctx context.Context, id string) (store.Device, error) {
+	const op = "device"
+	if err := s.enter(op); err != nil {
+		return store.Device{}, err
+	}
+	defer s.leave()
+	d, err := scanDevice(s.reader.QueryRowContext(ctx, `SELECT `+deviceCols+` FROM devices WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return store.Device{}, fmt.Errorf("sqlite: %s %q: %w", op, id, store.ErrNotFound)
+	}
+	return d, wrap(op, err)
+}
+
+// DeviceByRefreshHash implements store.Devices.
+func (s *Store) DeviceByRefreshHash(ctx context.Context, hash string) (store.Device, error) {
+	const op = "device by refresh hash"
+	if err := s.enter(op); err != nil {
+		return store.Device{}, err
+	}
+	defer s.leave()
+	d, err := scanDevice(s.reader.QueryRowContext(ctx,
+		`SELECT `+deviceCols+` FROM devices WHERE refresh_hash = ? AND revoked_ts = 0 LIMIT 1`, hash))
+	if errors.Is(err, sql.ErrNoRows) {
+		return store.Device{}, fmt.Errorf("sqlite: %s: %w", op, store.ErrNotFound)
+	}
+	return d, wrap(op, err)
+}
+
+// RotateRefresh implements store.Devices. The compare-and-swap is one UPDATE on the single
+// writer connection, so of concurrent rotations of the same old hash exactly one matches.
+func (s *Store) RotateRefresh(ctx context.Context, deviceID, oldHash, newHash string, expiresTS int64) error {
+	const op = "rotate refresh"
+	if err := s.enter(op); err != nil {
+		return err
+	}
+	defer s.leave()
+	res, err := s.writer.ExecContext(ctx, `UPDATE devices SET refresh_hash = ?, refresh_expires_ts = ?
+		WHERE id = ? AND refresh_hash = ? AND revoked_ts = 0`, newHash, expiresTS, deviceID, oldHash)
+	if err != nil {
+		return wrap(op, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return wrap(op, err)
+	}
+	if n == 0 {
+		return fmt.Errorf("sqlite: %s %q: %w", op, deviceID, store.ErrNotFound)
+	}
+	return nil
+}
+
+// RevokeDevice implements store.Devices. A second revocation keeps the first revocation's ts.
+func (s *Store) RevokeDevice(ctx context.Context, deviceID string, ts int64) error {
+	const op = "revoke device"
+	if err := s.enter(op); err != nil {
+		return err
+	}
+	defer s.leave()
+	var found bool
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		var revoked int64
+		err := tx.QueryRowContext(ctx, `SELECT revoked_ts FROM devices WHERE id = ?`, deviceID).Scan(&revoked)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		found = true
+		if revoked != 0 {
+			return nil
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE devices SET revoked_ts = ? WHERE id = ?`, ts, deviceID)
+		return err
+	})
+	if err != nil {
+		return wrap(op, err)
+	}
+	if !found {
+		return fmt.Errorf("sqlite: %s %q: %w", op, deviceID, store.ErrNotFound)
+	}
+	return nil
+}
+
+// PutContact implements store.Contacts.
+func (s *Store) PutContact(ctx context.Context, userID, contactID string, ts int64) error {
+	const op = "put contact"
+	if err := s.enter(op); err != nil {
+		return err
+	}
+	defer s.leave()
+	var found bool
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		var n int
+		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM users WHERE id = ?`, contactID).Scan(&n); err != nil {
+			return err
+		}
+		if n == 0 {
+			return nil
+		}
+		found = true
+		_, err := tx.ExecContext(ctx, `INSERT INTO contacts (user_id, contact_id, created_ts) VALUES (?, ?, ?)
+			ON CONFLICT DO NOTHING`, userID, contactID, ts)
+		return err
+	})
+	if err != nil {
+		return wrap(op, err)
+	}
+	if !found {
+		return fmt.Errorf("sqlite: %s: user %q: %w", op, contactID, store.ErrNotFound)
+	}
+	return nil
+}
+
+// DeleteContact implements store.Contacts.
+func (s *Store) DeleteContact(ctx context.Context, userID, contactID string) error {
+	const op = "delete contact"
+	if err := s.enter(op); err != nil {
+		return err
+	}
+	defer s.leave()
+	_, err := s.writer.ExecContext(ctx, `DELETE FROM contacts WHERE user_id = ? AND contact_id = ?`, userID, contactID)
+	return wrap(op, err)
+}
+
+// ContactsOf implements store.Contacts.
+func (s *Store) ContactsOf(ctx context.Context, userID string) ([]protocol.User, error) {
+	const op = "contacts of"
+	if err := s.enter(op); err != nil {
+		return nil, err
+	}
+	defer s.leave()
+	rows, err := s.reader.QueryContext(ctx, `SELECT u.id, u.username, u.display_name, u.created_ts
+		FROM contacts c JOIN users u ON u.id = c.contact_id
+		WHERE c.user_id = ? ORDER BY u.username`, userID)
+	if err != nil {
+		return nil, wrap(op, err)
+	}
+	us, err := scanUsers(rows)
+	return us, wrap(op, err)
+}
