@@ -35,9 +35,7 @@ import (
 // apiPrefix is where every endpoint of the wire contract lives.
 const apiPrefix = "/api/v1"
 
-// refreshTimeout bounds a token refresh. The refresh runs without the caller's cancellation:
-// the server rotates the refresh token as soon as it handles the request, so abandoning the
-// answer halfway would lose the only valid refresh token of this device.
+// refreshTimeout bounds a token refresh (see runRefresh for why no caller's context does).
 const refreshTimeout = 30 * time.Second
 
 // maxErrorBody bounds how much of an error response is read to decode it.
@@ -58,6 +56,10 @@ type Client struct {
 	mu     sync.Mutex
 	tokens protocol.Tokens
 	flight *refreshFlight // the refresh in progress, if any
+	// refused remembers the server's refusal of a refresh token, so that every later 401
+	// does not ask again with the same dead token. It applies while refusedRT is held.
+	refused   error
+	refusedRT string
 }
 
 // refreshFlight is one refresh shared by every caller that hit a 401 at the same time.
@@ -340,8 +342,8 @@ func (c *Client) canRefresh() bool {
 
 // refreshAfter makes sure the access token is newer than used, the one that was just
 // rejected: if another caller already replaced it, it returns at once; if a refresh is in
-// flight, it waits for that one; otherwise it runs the refresh itself. This is what makes
-// concurrent 401s cost one refresh.
+// flight, it waits for that one; otherwise it starts one and waits for it. This is what
+// makes concurrent 401s cost one refresh.
 func (c *Client) refreshAfter(ctx context.Context, used string) error {
 	for {
 		c.mu.Lock()
@@ -349,42 +351,54 @@ func (c *Client) refreshAfter(ctx context.Context, used string) error {
 			c.mu.Unlock()
 			return nil
 		}
-		if f := c.flight; f != nil {
-			c.mu.Unlock()
-			select {
-			case <-f.done:
-			case <-ctx.Done():
-				return ctx.Err()
+		f := c.flight
+		if f == nil {
+			rt := c.tokens.RefreshToken
+			if rt == "" {
+				c.mu.Unlock()
+				return ErrNoRefreshToken
 			}
-			if f.err != nil && isContextErr(f.err) && ctx.Err() == nil {
-				continue // the leader gave up for its own reasons; try again ourselves
+			if rt == c.refusedRT {
+				err := c.refused
+				c.mu.Unlock()
+				return err
 			}
-			return f.err
+			f = &refreshFlight{done: make(chan struct{})}
+			c.flight = f
+			go c.runRefresh(f, rt)
 		}
-		rt := c.tokens.RefreshToken
-		if rt == "" {
-			c.mu.Unlock()
-			return ErrNoRefreshToken
-		}
-		f := &refreshFlight{done: make(chan struct{})}
-		c.flight = f
 		c.mu.Unlock()
-
-		t, err := c.postRefresh(ctx, rt)
-
-		c.mu.Lock()
-		if err == nil {
-			c.tokens = mergeTokens(c.tokens, t)
-			t = c.tokens
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			return ctx.Err()
 		}
-		c.flight = nil
-		f.err = err
-		close(f.done)
-		c.mu.Unlock()
-		if err == nil && c.onToken != nil {
-			c.onToken(t)
+		if f.err != nil && isContextErr(f.err) && ctx.Err() == nil {
+			continue // the exchange timed out; try again
 		}
-		return err
+		return f.err
+	}
+}
+
+// runRefresh is the goroutine of one refresh flight; it always ends within refreshTimeout.
+// It does not use any caller's context: the server rotates the refresh token as soon as it
+// handles the request, so abandoning the answer would lose the device's only valid refresh
+// token. Callers waiting for it may leave early; the flight completes without them.
+func (c *Client) runRefresh(f *refreshFlight, refreshToken string) {
+	t, err := c.postRefresh(refreshToken)
+	c.mu.Lock()
+	if err == nil {
+		c.tokens = mergeTokens(c.tokens, t)
+		t = c.tokens
+	} else if st := errorStatus(err); st >= 400 && st < 500 && st != http.StatusTooManyRequests {
+		c.refused, c.refusedRT = err, refreshToken
+	}
+	c.flight = nil
+	f.err = err
+	close(f.done)
+	c.mu.Unlock()
+	if err == nil && c.onToken != nil {
+		c.onToken(t)
 	}
 }
 
@@ -392,10 +406,9 @@ func isContextErr(err error) bool {
 	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 }
 
-// postRefresh exchanges refreshToken for a new pair. See refreshTimeout for why it ignores
-// ctx's cancellation.
-func (c *Client) postRefresh(ctx context.Context, refreshToken string) (protocol.Tokens, error) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), refreshTimeout)
+// postRefresh exchanges refreshToken for a new pair.
+func (c *Client) postRefresh(refreshToken string) (protocol.Tokens, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), refreshTimeout)
 	defer cancel()
 	var t protocol.Tokens
 	_, err := c.do(ctx, http.MethodPost, "/auth/refresh", nil, protocol.RefreshRequest{RefreshToken: refreshToken}, &t, false)
@@ -424,7 +437,8 @@ func mergeTokens(old, t protocol.Tokens) protocol.Tokens {
 }
 
 // Refresh exchanges the refresh token for a new pair now and stores it. If a refresh is
-// already in flight it joins that one instead of starting a second.
+// already in flight it joins that one instead of starting a second. If ctx ends first,
+// Refresh returns but the exchange still completes and its tokens are stored.
 func (c *Client) Refresh(ctx context.Context) error {
 	return c.refreshAfter(ctx, c.accessToken())
 }

@@ -440,6 +440,63 @@ func TestRefreshOn401(t *testing.T) {
 	}
 }
 
+// TestRefreshRefusedIsRemembered: after the server refuses a refresh token, later 401s do
+// not ask again with the same token; new tokens make refresh possible again.
+func TestRefreshRefusedIsRemembered(t *testing.T) {
+	f := newFake(t)
+	cl := New(f.srv.URL)
+	cl.SetTokens(protocol.Tokens{AccessToken: "expired", RefreshToken: "revoked"})
+	ctx := testCtx(t)
+	for range 3 {
+		if _, err := cl.Me(ctx); errorStatus(err) != 401 {
+			t.Fatalf(
+				"Me = %v, want 401",
+				err)
+		}
+	}
+	if n := f.refreshCalls.Load(); n != 1 {
+		t.Errorf(
+			"refresh calls = %d, want 1",
+			n)
+	}
+	cl.SetTokens(protocol.Tokens{AccessToken: "expired", RefreshToken: "r0"})
+	if _, err := cl.Me(ctx); err != nil {
+		t.Fatalf(
+			"Me with a good refresh token: %v",
+			err)
+	}
+}
+
+// TestHungRefreshDoesNotHoldCallers: a caller waiting on a refresh leaves when its context
+// ends; the refresh completes anyway and its tokens are kept.
+func TestHungRefreshDoesNotHoldCallers(t *testing.T) {
+	f := newFake(t)
+	gate := make(chan struct{})
+	f.set(func(f *fakeServer) { f.refreshGate = gate })
+	cl := New(f.srv.URL)
+	cl.SetTokens(protocol.Tokens{AccessToken: "expired", RefreshToken: "r0"})
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if _, err := cl.Me(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf(
+			"Me = %v, want deadline exceeded",
+			err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf(
+			"Me took %v despite its deadline",
+			d)
+	}
+	close(gate)
+	waitFor(t, "the refresh to land", func() bool { return cl.Tokens().RefreshToken == "r1" })
+	if _, err := cl.Me(testCtx(t)); err != nil || f.refreshCalls.Load() != 1 {
+		t.Errorf(
+			"Me after refresh = %v, refresh calls %d",
+			err, f.refreshCalls.Load())
+	}
+}
+
 func TestRefreshWithoutToken(t *testing.T) {
 	cl := New("http://127.0.0.1:1")
 	if err := cl.Refresh(testCtx(t)); !errors.Is(err, ErrNoRefreshToken) {

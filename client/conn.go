@@ -42,6 +42,10 @@ const (
 	// gapAttempts is how often the reader tries to fill a gap before it hands the
 	// conversation to the run loop's catch-up.
 	gapAttempts = 3
+	// rateLimitWait is how long the Conn waits, after an id-less rate_limited error frame,
+	// before resending the requests that may have been the rejected ones. The server's
+	// limit is per second.
+	rateLimitWait = time.Second
 	// bigBuffer is the size above which a reused buffer is dropped after use, so one huge
 	// frame does not pin its memory for the connection's lifetime.
 	bigBuffer = 1 << 20
@@ -61,6 +65,7 @@ type connConfig struct {
 	minBackoff      time.Duration
 	maxBackoff      time.Duration
 	dialTimeout     time.Duration
+	rateLimitWait   time.Duration
 }
 
 // ResumeFromStart makes Events start at each conversation's first event: the first connect
@@ -78,16 +83,16 @@ func WithEventBuffer(n int) ConnectOption {
 	return func(c *connConfig) { c.eventBuffer = max(n, 1) }
 }
 
-// WithBackoff sets the reconnect backoff: the first retry waits about min, each further one
-// doubles, up to max (defaults 100ms and 5s). Every delay is jittered to between half and
+// WithBackoff sets the reconnect backoff: the first retry waits about first, each further
+// one doubles, up to limit (defaults 100ms and 5s). Every delay is jittered to between half and
 // all of its value so that clients dropped together do not come back together.
-func WithBackoff(min, max time.Duration) ConnectOption {
+func WithBackoff(first, limit time.Duration) ConnectOption {
 	return func(c *connConfig) {
-		if min > 0 {
-			c.minBackoff = min
+		if first > 0 {
+			c.minBackoff = first
 		}
-		if max >= c.minBackoff {
-			c.maxBackoff = max
+		if limit >= c.minBackoff {
+			c.maxBackoff = limit
 		}
 	}
 }
@@ -152,6 +157,8 @@ func (c *Client) Connect(ctx context.Context, opts ...ConnectOption) (*Conn, err
 		minBackoff:  defaultMinBackoff,
 		maxBackoff:  defaultMaxBackoff,
 		dialTimeout: defaultDialTimeout,
+		// Not an option: tests in this package shorten it.
+		rateLimitWait: rateLimitWait,
 	}
 	for _, o := range opts {
 		o(&cfg)
@@ -259,6 +266,7 @@ type session struct {
 	readerDone chan struct{}
 	readErr    error              // why the reader stopped; written before readerDone closes
 	goaway     chan time.Duration // capacity 1: the server asked us to reconnect after this
+	limited    chan struct{}      // capacity 1: an id-less rate_limited error arrived
 
 	killOnce sync.Once
 
@@ -277,6 +285,7 @@ func newSession(gen uint64, nc net.Conn, br *bufio.Reader) *session {
 		poolB:      br != nil,
 		readerDone: make(chan struct{}),
 		goaway:     make(chan time.Duration, 1),
+		limited:    make(chan struct{}, 1),
 	}
 	if s.br == nil {
 		s.br = bufio.NewReaderSize(nc, 8<<10)
@@ -430,7 +439,7 @@ func (c *Conn) dial(ctx context.Context) (*session, error) {
 		if err == nil {
 			return s, nil
 		}
-		if attempt > 0 || errorStatus(err) != http.StatusUnauthorized {
+		if attempt > 0 || errorStatus(err) != http.StatusUnauthorized || (!c.cfg.ticket && !c.cl.canRefresh()) {
 			return nil, err
 		}
 		if !c.cfg.ticket {
@@ -619,6 +628,10 @@ func (c *Conn) serve(s *session, resync bool) (wait time.Duration, goaway bool) 
 		catchC = time.After(0)
 	}
 	catchAttempt := 0
+	var (
+		limitC    <-chan time.Time
+		limitMark uint64
+	)
 	for {
 		select {
 		case <-c.ctx.Done():
@@ -638,6 +651,13 @@ func (c *Conn) serve(s *session, resync bool) (wait time.Duration, goaway bool) 
 			if catchC == nil {
 				catchC = time.After(0)
 			}
+		case <-s.limited:
+			if limitC == nil {
+				limitC, limitMark = time.After(c.cfg.rateLimitWait), c.lastOrder()
+			}
+		case <-limitC:
+			limitC = nil
+			c.resendUnanswered(s, limitMark)
 		case <-catchC:
 			catchC = nil
 			if err := c.catchUp(resync); err != nil {
@@ -698,6 +718,14 @@ func (c *Conn) dispatch(s *session, f *protocol.ServerFrame) {
 	case protocol.FrameAck:
 		c.onAck(f)
 	case protocol.FrameError:
+		if f.ID == "" && f.Code == protocol.CodeRateLimited {
+			// The server rejects a frame over its rate before reading its id. Whichever
+			// request it was is resent after a while; see resendUnanswered.
+			select {
+			case s.limited <- struct{}{}:
+			default:
+			}
+		}
 		c.onError(f)
 	case protocol.FramePong:
 		if f.ID != "" {

@@ -256,6 +256,76 @@ func TestLiveDedupAndGaps(t *testing.T) {
 	}
 }
 
+// TestGapFillFailure: when history cannot fill a gap, the live event is not delivered out
+// of order; the run loop's catch-up delivers it from history once history works again. A
+// conversation whose history is gone (404) delivers the live event anyway.
+func TestGapFillFailure(t *testing.T) {
+	cases := []struct {
+		name string
+		fail []int
+		want []ev
+	}{
+		{
+			name: "reader attempts fail, catch-up succeeds",
+			fail: []int{500, 500, 500},
+			want: []ev{{"c1", 1, false}, {"c1", 2, true}, {"c1", 3, true}},
+		},
+		{
+			name: "first catch-up fails too",
+			fail: []int{500, 503, 500, 500},
+			want: []ev{{"c1", 1, false}, {"c1", 2, true}, {"c1", 3, true}},
+		},
+		{
+			name: "history gone",
+			fail: []int{404},
+			want: []ev{{"c1", 1, false}, {"c1", 3, false}},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFake(t)
+			f.addConv("c1")
+			c := connect(t, newTestClient(f))
+			f.appendQuiet("c1", 3)
+			f.set(func(f *fakeServer) { f.historyFail = tc.fail })
+			f.push("c1", 1)
+			f.push("c1", 3)
+			got := nextMessages(t, c, len(tc.want))
+			if !slices.Equal(got, tc.want) {
+				t.Errorf(
+					"events = %v, want %v",
+					got, tc.want)
+			}
+			expectQuiet(t, c, 100*time.Millisecond)
+			// Live delivery goes on in order afterwards.
+			f.post("c1")
+			if got := nextMessages(t, c, 1); got[0] != (ev{"c1", 4, false}) {
+				t.Errorf(
+					"next live event = %v, want c1/4",
+					got)
+			}
+		})
+	}
+}
+
+// TestHistoryNotFromSeqOne: with ResumeFromStart, a member whose visible history starts
+// late (the server hides earlier events) still gets that history, oldest first.
+func TestHistoryNotFromSeqOne(t *testing.T) {
+	f := newFake(t)
+	f.appendQuiet("c1", 300)
+	f.set(func(f *fakeServer) { f.visible["c1"] = 250 })
+	c := connect(t, newTestClient(f), ResumeFromStart())
+	got := nextMessages(t, c, 51)
+	for i, e := range got {
+		if e.seq != int64(250+i) || !e.resumed {
+			t.Fatalf(
+				"event %d = %v, want c1/%dr",
+				i, e, 250+i)
+		}
+	}
+	expectQuiet(t, c, 100*time.Millisecond)
+}
+
 // TestResumeAfterReconnect: events stored while the client was away arrive after the
 // reconnect, from history, exactly once; conversations that did not move cost nothing.
 func TestResumeAfterReconnect(t *testing.T) {
@@ -368,9 +438,19 @@ func TestOwnEvents(t *testing.T) {
 					"React: %v",
 					err)
 			}
+			if _, err := c.Edit(ctx, "c1", 1, "uno"); err != nil {
+				t.Fatalf(
+					"Edit: %v",
+					err)
+			}
+			if _, err := c.Delete(ctx, "c1", 1); err != nil {
+				t.Fatalf(
+					"Delete: %v",
+					err)
+			}
 			f.post("c1")
 			var got []Event
-			for range 3 {
+			for range 5 {
 				got = append(got, <-c.Events())
 			}
 			if m := got[0].Message; m == nil || m.Seq != 1 || m.Body != "one" || m.SenderID != "u1" || m.Kind != protocol.KindText {
@@ -383,7 +463,17 @@ func TestOwnEvents(t *testing.T) {
 					"own reaction event = %+v",
 					m)
 			}
-			if m := got[2].Message; m == nil || m.Seq != 3 || m.SenderID != "u2" {
+			if m := got[2].Message; m == nil || m.Seq != 3 || m.Kind != protocol.KindEdit || m.Body != "uno" || m.TargetSeq != 1 {
+				t.Errorf(
+					"own edit event = %+v",
+					m)
+			}
+			if m := got[3].Message; m == nil || m.Seq != 4 || m.Kind != protocol.KindDelete || m.TargetSeq != 1 {
+				t.Errorf(
+					"own delete event = %+v",
+					m)
+			}
+			if m := got[4].Message; m == nil || m.Seq != 5 || m.SenderID != "u2" {
 				t.Errorf(
 					"other's event = %+v",
 					m)
@@ -504,6 +594,41 @@ func TestSendErrorFrames(t *testing.T) {
 					got, tc.wantSeen)
 			}
 		})
+	}
+}
+
+// TestRateLimitedWithoutID: the server rejects a frame over its rate with an error frame
+// that has no id; the Send it belonged to is resent after a while instead of waiting for an
+// ack that will never come.
+func TestRateLimitedWithoutID(t *testing.T) {
+	f := newFake(t)
+	f.addConv("c1")
+	var rejected atomic.Bool
+	f.set(func(f *fakeServer) {
+		f.onFrame = func(fc *fakeConn, cf protocol.ClientFrame) bool {
+			if cf.Type != protocol.FrameSend || rejected.Swap(true) {
+				return false
+			}
+			fc.write(protocol.ErrorFrame{Type: protocol.FrameError, Code: protocol.CodeRateLimited, Message: "slow down"})
+			return true
+		}
+	})
+	c := connect(t, newTestClient(f), func(c *connConfig) { c.rateLimitWait = 20 * time.Millisecond })
+	ack, err := c.SendID(testCtx(t), "44444444-4444-4444-4444-444444444444", "c1", "x")
+	if err != nil || ack.Seq != 1 {
+		t.Fatalf(
+			"Send = %+v, %v",
+			ack, err)
+	}
+	if n := f.seenCount(ack.ID); n != 2 {
+		t.Errorf(
+			"server saw the id %d times, want 2",
+			n)
+	}
+	if e := <-c.Events(); e.Type != EventError || e.Error.Code != protocol.CodeRateLimited {
+		t.Errorf(
+			"first event = %+v, want the rate_limited error",
+			e)
 	}
 }
 

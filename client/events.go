@@ -43,7 +43,7 @@ type convState struct {
 	// own holds events this Conn sent, built from their acks, whose seq is above high+1:
 	// they wait for the events in between instead of causing a history fetch.
 	own      map[int64]protocol.Message
-	stashTS  time.Time // when own last went from empty to non-empty
+	stashTS  time.Time // when own last went from empty, or last made progress
 	hasStash bool
 }
 
@@ -95,6 +95,7 @@ func (c *Conn) flushOwnLocked(id string, st *convState) {
 		delete(st.own, om.Seq)
 		c.emit(Event{Type: EventMessage, Message: &om})
 		st.high = om.Seq
+		st.stashTS = time.Now() // progress: what is left has not waited long
 	}
 	for seq := range st.own {
 		if seq <= st.high {

@@ -24,7 +24,6 @@ import (
 // REST API (refresh, me, sync, messages, ticket) and of the WebSocket (ready, send/edit/
 // delete/react with idempotent ids, ping) to drive the client, plus knobs to misbehave.
 type fakeServer struct {
-	t   *testing.T
 	srv *httptest.Server
 
 	mu        sync.Mutex
@@ -43,6 +42,12 @@ type fakeServer struct {
 	seen      map[string]int // frames received, by id
 	received  []protocol.ClientFrame
 	heartbeat int64
+	// refreshGate, if set, holds refresh answers until it is closed.
+	refreshGate chan struct{}
+	// historyFail lists HTTP statuses for the next history requests to fail with.
+	historyFail []int
+	// visibleFrom hides a conversation's events below that seq from history.
+	visible map[string]int64
 
 	refreshCalls  atomic.Int32
 	upgrades      atomic.Int32
@@ -61,10 +66,9 @@ type fakeConn struct {
 	wmu sync.Mutex
 }
 
-func newFake(t *testing.T) *fakeServer {
+func newFake(t testing.TB) *fakeServer {
 	t.Helper()
 	f := &fakeServer{
-		t:         t,
 		userID:    "u1",
 		access:    map[string]bool{"a0": true},
 		refresh:   "r0",
@@ -74,6 +78,7 @@ func newFake(t *testing.T) *fakeServer {
 		conns:     map[*fakeConn]struct{}{},
 		seen:      map[string]int{},
 		heartbeat: 1000,
+		visible:   map[string]int64{},
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /api/v1/auth/refresh", f.handleRefresh)
@@ -132,6 +137,12 @@ func (f *fakeServer) authed(h http.HandlerFunc) http.HandlerFunc {
 func (f *fakeServer) handleRefresh(w http.ResponseWriter, r *http.Request) {
 	f.refreshCalls.Add(1)
 	time.Sleep(20 * time.Millisecond) // widen the window for concurrent refreshes
+	f.mu.Lock()
+	gate := f.refreshGate
+	f.mu.Unlock()
+	if gate != nil {
+		<-gate
+	}
 	var req protocol.RefreshRequest
 	_ = json.NewDecoder(r.Body).Decode(&req)
 	f.mu.Lock()
@@ -174,11 +185,19 @@ func (f *fakeServer) handleMessages(w http.ResponseWriter, r *http.Request) {
 	}
 	limit = min(limit, 200)
 	f.mu.Lock()
+	if len(f.historyFail) > 0 {
+		status := f.historyFail[0]
+		f.historyFail = f.historyFail[1:]
+		f.mu.Unlock()
+		writeErr(w, status, codeForStatus(status), "history says no")
+		return
+	}
 	c := f.convs[r.PathValue("id")]
+	from := f.visible[r.PathValue("id")]
 	var in []protocol.Message
 	if c != nil {
 		for _, m := range c.msgs {
-			if m.Seq > after && (before == 0 || m.Seq < before) {
+			if m.Seq > after && (before == 0 || m.Seq < before) && m.Seq >= from {
 				in = append(in, m)
 			}
 		}

@@ -64,14 +64,17 @@ func (c *Conn) Send(ctx context.Context, conversationID, body string, opts ...Se
 // SendID sends a text message with the caller's id (a UUID) and waits for its ack. Until the
 // ack, the frame is resent with the same id after every reconnect and after a retryable
 // error frame (internal, unavailable), so the message is stored once however often it is
-// sent. It returns an *APIError for any other error frame, ctx's error, or ErrClosed. A
-// caller that gave up (ctx) may retry later with the same id safely.
+// sent. It returns an *APIError for any other error frame with its id, ctx's error, or
+// ErrClosed. A rate_limited error without an id (the server rejects over-rate frames
+// before reading them) cannot be matched, so unanswered requests are resent a second
+// later. A caller that gave up (ctx) may retry later with the same id safely.
 func (c *Conn) SendID(ctx context.Context, id, conversationID, body string, opts ...SendOption) (protocol.AckFrame, error) {
-	f := protocol.ClientFrame{Type: protocol.FrameSend, ID: id, ConversationID: conversationID, Body: body}
+	w := newWaiter(protocol.ClientFrame{Type: protocol.FrameSend, ID: id, ConversationID: conversationID, Body: body})
 	for _, o := range opts {
-		o(&f)
+		o(&w.frame) // in place: the frame lives in the waiter, allocated once
 	}
-	return c.ack(ctx, f)
+	res, err := c.request(ctx, w)
+	return res.ack, err
 }
 
 // Edit replaces the body of the event at targetSeq (the sender's own), like SendID.
@@ -97,7 +100,7 @@ func (c *Conn) React(ctx context.Context, conversationID string, targetSeq int64
 // a reconnect like Send. It returns the round-trip time, reconnects included.
 func (c *Conn) Ping(ctx context.Context) (time.Duration, error) {
 	start := time.Now()
-	_, err := c.request(ctx, protocol.ClientFrame{Type: protocol.FramePing, ID: uuid.NewString()})
+	_, err := c.request(ctx, newWaiter(protocol.ClientFrame{Type: protocol.FramePing, ID: uuid.NewString()}))
 	return time.Since(start), err
 }
 
@@ -122,17 +125,22 @@ func (c *Conn) Typing(ctx context.Context, conversationID string, typing bool) e
 
 // ack runs a request answered by an ack frame.
 func (c *Conn) ack(ctx context.Context, f protocol.ClientFrame) (protocol.AckFrame, error) {
-	res, err := c.request(ctx, f)
+	res, err := c.request(ctx, newWaiter(f))
 	return res.ack, err
 }
 
-// request registers f under its id, writes it if a session is live (otherwise the run loop
-// writes it when one is), and waits for the answer the reader routes to it.
-func (c *Conn) request(ctx context.Context, f protocol.ClientFrame) (result, error) {
+func newWaiter(f protocol.ClientFrame) *waiter {
+	return &waiter{frame: f, wake: make(chan struct{}, 1)}
+}
+
+// request registers w under its frame's id, writes the frame if a session is live
+// (otherwise the run loop writes it when one is), and waits for the answer the reader
+// routes to it.
+func (c *Conn) request(ctx context.Context, w *waiter) (result, error) {
+	f := &w.frame
 	if f.ID == "" {
 		return result{}, fmt.Errorf("client: %s: empty id", f.Type)
 	}
-	w := &waiter{frame: f, wake: make(chan struct{}, 1)}
 	c.mu.Lock()
 	select {
 	case <-c.done:
@@ -235,6 +243,33 @@ func (c *Conn) goLive(s *session) bool {
 			if err := s.writeJSON(&w.frame); err != nil {
 				return false
 			}
+		}
+	}
+}
+
+// lastOrder is the registration number of the newest request.
+func (c *Conn) lastOrder() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.nextOrder
+}
+
+// resendUnanswered rewrites, in order, the requests registered up to mark that were written
+// on s and are still unanswered. It follows an id-less rate_limited error: the rejected
+// frame is among them, and the others, long answered if the server took them, are not.
+func (c *Conn) resendUnanswered(s *session, mark uint64) {
+	var batch []*waiter
+	c.mu.Lock()
+	for _, w := range c.waiters {
+		if !w.done && w.sentGen == s.gen && w.order <= mark {
+			batch = append(batch, w)
+		}
+	}
+	c.mu.Unlock()
+	slices.SortFunc(batch, func(a, b *waiter) int { return cmp.Compare(a.order, b.order) })
+	for _, w := range batch {
+		if err := s.writeJSON(&w.frame); err != nil {
+			return // s is dead: the next session resends everything
 		}
 	}
 }

@@ -189,12 +189,14 @@ func (c *Conn) handleFrame(h header, p []byte) error {
 
 // handleMessage decodes one client frame and acts on it. p is only valid during the call.
 func (c *Conn) handleMessage(p []byte) error {
-	if !c.allow() {
-		return c.fail("", protocol.CodeRateLimited, "more than %d frames per second; slow down", c.g.cfg.FramesPerSecond)
-	}
 	var f protocol.ClientFrame
 	if err := json.Unmarshal(p, &f); err != nil {
 		return c.fail("", protocol.CodeBadRequest, "malformed JSON frame: %v", err)
+	}
+	// Decoded first so that the error carries the frame's id and the client knows which
+	// request to retry.
+	if !c.allow() {
+		return c.fail(f.ID, protocol.CodeRateLimited, "more than %d frames per second; slow down", c.g.cfg.FramesPerSecond)
 	}
 	ctx := c.g.ctx
 	switch f.Type {

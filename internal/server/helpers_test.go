@@ -23,10 +23,10 @@ import (
 // testServer is a real server on 127.0.0.1 with its data in a temp dir.
 type testServer struct {
 	*Server // nil for a server in another process
-	t    *testing.T
-	addr string
-	base string
-	stop func()
+	t       *testing.T
+	addr    string
+	base    string
+	stop    func()
 }
 
 // cheapPasswords keeps argon2id honest but fast enough for tests that sign up many users.
