@@ -23,6 +23,7 @@ func serve(ctx context.Context, args []string) error {
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 0, "bound on a graceful shutdown (default 10s)")
 	argonMem := fs.Uint("argon2-memory-kib", uint(auth.DefaultParams().Memory), "argon2id memory cost per password hash, KiB")
 	argonTime := fs.Uint("argon2-time", uint(auth.DefaultParams().Time), "argon2id passes")
+	fs.StringVar(&cfg.DebugListen, "debug-listen", "", "serve net/http/pprof on this address (e.g. 127.0.0.1:6060)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logJSON := fs.Bool("log-json", false, "log JSON lines instead of text")
 	if err := parseFlags(fs, args); err != nil {

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -41,6 +42,8 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// GoawayDelay is how long clients are told to wait before reconnecting (default 500ms).
 	GoawayDelay time.Duration
+	// DebugListen, if set, serves net/http/pprof there (keep it on loopback).
+	DebugListen string
 }
 
 // Server is a running Parley node.
@@ -53,6 +56,7 @@ type Server struct {
 	gateway *gateway.Gateway
 	http    *http.Server
 	ln      net.Listener
+	debug   *http.Server // pprof, when Config.DebugListen is set
 	ready   atomic.Bool
 }
 
@@ -147,6 +151,21 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	if err != nil {
 		return nil, fmt.Errorf("listen: %w", err)
 	}
+	if cfg.DebugListen != "" {
+		dln, err := net.Listen("tcp", cfg.DebugListen)
+		if err != nil {
+			_ = s.ln.Close()
+			return nil, fmt.Errorf("debug listen: %w", err)
+		}
+		dmux := http.NewServeMux()
+		dmux.HandleFunc("/debug/pprof/", pprof.Index)
+		dmux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		dmux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		dmux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		s.debug = &http.Server{Handler: dmux, ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = s.debug.Serve(dln) }()
+		log.Info("debug server", "listen", dln.Addr().String())
+	}
 	log.Info("parley started", "listen", s.ln.Addr().String(), "data", cfg.Data,
 		"bus", map[bool]string{true: "nats " + cfg.NATSURL, false: "embedded nats"}[cfg.NATSURL != ""],
 		"startup_ms", time.Since(start).Milliseconds())
@@ -185,6 +204,9 @@ func (s *Server) shutdown() error {
 	cerr := s.chat.Close(ctx)
 	// 3. Acks and goaways are written; connections close with 1001.
 	gerr := s.gateway.Close(ctx)
+	if s.debug != nil {
+		_ = s.debug.Close()
+	}
 	berr := s.bus.Close()
 	serr := s.store.Close()
 	err := errors.Join(herr, cerr, gerr, berr, serr)

@@ -53,6 +53,10 @@ type Store struct {
 
 	writer *sql.DB // one connection: every write, serialised
 	reader *sql.DB // query-only pool
+	ckpt   *sql.DB // one connection for the background checkpointer
+
+	stopCkpt chan struct{} // closed by Close to stop the checkpointer
+	ckptDone chan struct{} // closed when the checkpointer has returned
 
 	w  writeStmts // prepared on writer: the Append hot path
 	wv viewStmts  // prepared on writer: views built inside write transactions
@@ -100,6 +104,10 @@ func open(ctx context.Context, path string, fsys fs.FS) (_ *Store, err error) {
 	wq := cloneValues(common)
 	wq.Set("_txlock", "immediate")
 	wq.Add("_pragma", "cache_size(-65536)")
+	// Checkpoints run on their own connection (checkpointLoop), not inside the commit of
+	// whichever append crossed the threshold: that moved about a fifth of the sequencer's
+	// time off its path in profiles of the direct benchmark.
+	wq.Add("_pragma", "wal_autocheckpoint(0)")
 	s.writer, err = sql.Open("sqlite", path+"?"+wq.Encode())
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: open %s: writer: %w", path, err)
@@ -133,6 +141,15 @@ func open(ctx context.Context, path string, fsys fs.FS) (_ *Store, err error) {
 	if err := s.reader.PingContext(ctx); err != nil {
 		return nil, fmt.Errorf("sqlite: open %s: reader: %w", path, err)
 	}
+
+	s.ckpt, err = sql.Open("sqlite", path+"?"+common.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: checkpointer: %w", path, err)
+	}
+	s.ckpt.SetMaxOpenConns(1)
+	s.ckpt.SetConnMaxIdleTime(0)
+	s.stopCkpt, s.ckptDone = make(chan struct{}), make(chan struct{})
+	go s.checkpointLoop()
 
 	if err := s.w.prepare(ctx, s.writer); err != nil {
 		return nil, fmt.Errorf("sqlite: open %s: prepare: %w", path, err)
@@ -245,6 +262,12 @@ func (s *Store) Close() error {
 		return nil
 	}
 	s.closed = true
+	if s.stopCkpt != nil {
+		close(s.stopCkpt)
+		<-s.ckptDone
+		// Fold the WAL into the database so the next start opens a small WAL.
+		_, _ = s.ckpt.Exec("PRAGMA wal_checkpoint(TRUNCATE)")
+	}
 	if err := s.closeDBs(); err != nil {
 		return fmt.Errorf("sqlite: close: %w", err)
 	}
@@ -257,6 +280,13 @@ func (s *Store) closeDBs() error {
 	s.wv.close()
 	s.rv.close()
 	var errs []error
+	if s.stopCkpt != nil && !s.closed {
+		close(s.stopCkpt) // a failed open: the loop may have started
+		<-s.ckptDone
+	}
+	if s.ckpt != nil {
+		errs = append(errs, s.ckpt.Close())
+	}
 	if s.reader != nil {
 		errs = append(errs, s.reader.Close())
 	}
@@ -350,4 +380,23 @@ func boolInt(b bool) int {
 		return 1
 	}
 	return 0
+}
+
+// checkpointInterval is how often the WAL is copied back into the database file.
+const checkpointInterval = 250 * time.Millisecond
+
+// checkpointLoop checkpoints the WAL in the background (PASSIVE: it never blocks the
+// writer or readers) until Close.
+func (s *Store) checkpointLoop() {
+	defer close(s.ckptDone)
+	t := time.NewTicker(checkpointInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stopCkpt:
+			return
+		case <-t.C:
+			_, _ = s.ckpt.Exec("PRAGMA wal_checkpoint(PASSIVE)")
+		}
+	}
 }
