@@ -88,8 +88,9 @@ func TestCrashKeepsAckedMessages(t *testing.T) {
 	convs := []string{ts.direct(alice, bob).ID, ts.group(alice, "crash", bob).ID}
 
 	type sent struct {
-		conv string
-		seq  int64 // 0 until acked
+		conv  string
+		byBob bool  // dedupe is per sender: a retry must come from the same user
+		seq   int64 // 0 until acked
 	}
 	var mu sync.Mutex
 	ids := map[string]*sent{}
@@ -109,7 +110,7 @@ func TestCrashKeepsAckedMessages(t *testing.T) {
 			for n := 0; ; n++ {
 				id, conv := uuid.NewString(), convs[(i+n)%2]
 				mu.Lock()
-				ids[id] = &sent{conv: conv}
+				ids[id] = &sent{conv: conv, byBob: i%2 == 1}
 				mu.Unlock()
 				b, _ := json.Marshal(protocol.ClientFrame{Type: "send", ID: id, ConversationID: conv, Body: fmt.Sprintf("c%d m%d", i, n)})
 				if wsutil.WriteClientText(c.nc, b) != nil {
@@ -175,16 +176,16 @@ func TestCrashKeepsAckedMessages(t *testing.T) {
 
 	// The client's retry after the crash: same ids. Each is stored once, whether or not it
 	// made it to disk before the kill.
-	c := ts2.dialRaw(alice.AccessToken)
+	retry := map[bool]*rawWS{false: ts2.dialRaw(alice.AccessToken), true: ts2.dialRaw(ts2.login("bob").AccessToken)}
 	for _, id := range unacked {
 		s := ids[id]
+		c := retry[s.byBob]
 		c.send(protocol.ClientFrame{Type: "send", ID: id, ConversationID: s.conv, Body: "retry"})
 		ack := c.readType(protocol.FrameAck)
 		if prev, ok := stored[id]; ok && prev.Seq != ack.Seq {
 			t.Fatalf("retry of %s stored before the crash at %d got a new seq %d", id, prev.Seq, ack.Seq)
 		}
 	}
-	_ = c
 	total := 0
 	for _, conv := range convs {
 		hist := ts2.history(alice, conv, 0)

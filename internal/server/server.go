@@ -200,6 +200,11 @@ func (s *Server) shutdown() error {
 	// 1. No new HTTP requests or connections; hijacked WebSockets are not affected.
 	s.gateway.Drain(s.cfg.GoawayDelay)
 	herr := s.http.Shutdown(ctx)
+	// Frames clients sent before they read the goaway are still handled: give them until
+	// they leave, at most the reconnect delay the goaway announced.
+	for deadline := time.Now().Add(s.cfg.GoawayDelay); s.gateway.Len() > 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	// 2. Every send already accepted is stored and acked.
 	cerr := s.chat.Close(ctx)
 	// 3. Acks and goaways are written; connections close with 1001.
