@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"strings"
 	"time"
 
 	"github.com/parley-chat/parley/internal/loadgen"
@@ -20,16 +21,70 @@ const benchUsage = `usage: parley bench <scenario> [flags]
 
 scenarios:
   direct   N sender/receiver pairs, each sender keeping K sends in flight
+  idle     C authenticated, heartbeating connections held open; server RSS per connection
 
 Without --url, bench starts its own server (embedded defaults, in a temp dir) as a child
 process, so server and load generator are measured as separate processes.
 `
 
 func bench(ctx context.Context, args []string) error {
-	if len(args) == 0 || args[0] != "direct" {
+	if len(args) == 0 {
 		fmt.Fprint(os.Stderr, benchUsage)
 		return flag.ErrHelp
 	}
+	switch args[0] {
+	case "direct":
+		return benchDirect(ctx, args[1:])
+	case "idle":
+		return benchIdle(ctx, args[1:])
+	default:
+		fmt.Fprint(os.Stderr, benchUsage)
+		return flag.ErrHelp
+	}
+}
+
+func benchIdle(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("bench idle", flag.ContinueOnError)
+	url := fs.String("url", "", "server to load (default: start one)")
+	pid := fs.Int("server-pid", 0, "with --url: the server's pid, to read its RSS")
+	var cfg loadgen.IdleConfig
+	fs.IntVar(&cfg.Conns, "conns", 5000, "connections to hold")
+	fs.IntVar(&cfg.Users, "users", 1000, "accounts the connections are spread over")
+	fs.DurationVar(&cfg.Hold, "hold", 10*time.Second, "how long to hold them, heartbeating")
+	sources := fs.String("source-ips", "", "comma-separated local addresses to dial from (e.g. 127.0.0.2,127.0.0.3)")
+	out := fs.String("json", "", "also write the result as JSON to this file")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *sources != "" {
+		cfg.SourceIPs = strings.Split(*sources, ",")
+	}
+	cfg.URL, cfg.ServerPID = *url, *pid
+	if cfg.URL == "" {
+		srv, err := startChild(ctx)
+		if err != nil {
+			return err
+		}
+		defer srv.stop()
+		cfg.URL, cfg.ServerPID = srv.url, srv.cmd.Process.Pid
+	}
+	res, err := loadgen.Idle(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	fmt.Println(res)
+	return writeJSON(*out, res)
+}
+
+func writeJSON(path string, v any) error {
+	if path == "" {
+		return nil
+	}
+	data, _ := json.MarshalIndent(v, "", "  ")
+	return os.WriteFile(path, append(data, '\n'), 0o644)
+}
+
+func benchDirect(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("bench direct", flag.ContinueOnError)
 	url := fs.String("url", "", "server to load (default: start one)")
 	var cfg loadgen.DirectConfig
@@ -38,7 +93,7 @@ func bench(ctx context.Context, args []string) error {
 	fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "measured duration")
 	fs.DurationVar(&cfg.Warmup, "warmup", time.Second, "unmeasured warm-up before it")
 	out := fs.String("json", "", "also write the result as JSON to this file")
-	if err := parseFlags(fs, args[1:]); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	cfg.URL = *url
@@ -56,11 +111,8 @@ func bench(ctx context.Context, args []string) error {
 		return err
 	}
 	fmt.Println(res)
-	if *out != "" {
-		data, _ := json.MarshalIndent(res, "", "  ")
-		if err := os.WriteFile(*out, append(data, '\n'), 0o644); err != nil {
-			return err
-		}
+	if err := writeJSON(*out, res); err != nil {
+		return err
 	}
 	if res.Lost > 0 || res.Duplicates > 0 {
 		return fmt.Errorf("correctness: %d acked messages lost, %d duplicates", res.Lost, res.Duplicates)

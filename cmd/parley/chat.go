@@ -340,7 +340,11 @@ func (s *chatSession) printMessage(ctx context.Context, m protocol.Message) {
 	switch m.Kind {
 	case protocol.KindSystem:
 		if m.System != nil {
-			fmt.Fprintf(s.out, "%s #%d  * %s: %s %s\n", t, m.Seq, who, m.System.Action, strings.Join(m.System.UserIDs, ","))
+			names := make([]string, len(m.System.UserIDs))
+			for i, id := range m.System.UserIDs {
+				names[i] = s.username(ctx, id)
+			}
+			fmt.Fprintf(s.out, "%s #%d  * %s %s %s%s\n", t, m.Seq, who, m.System.Action, strings.Join(names, ", "), m.System.Name)
 		}
 	case protocol.KindText:
 		body := m.Body
