@@ -1,16 +1,11 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
-	"os/exec"
 	"strings"
 	"time"
 
@@ -61,12 +56,12 @@ func benchIdle(ctx context.Context, args []string) error {
 	}
 	cfg.URL, cfg.ServerPID = *url, *pid
 	if cfg.URL == "" {
-		srv, err := startChild(ctx)
+		srv, stop, err := startChild(ctx)
 		if err != nil {
 			return err
 		}
-		defer srv.stop()
-		cfg.URL, cfg.ServerPID = srv.url, srv.cmd.Process.Pid
+		defer stop()
+		cfg.URL, cfg.ServerPID = srv.URL, srv.PID()
 	}
 	res, err := loadgen.Idle(ctx, cfg)
 	if err != nil {
@@ -98,13 +93,12 @@ func benchDirect(ctx context.Context, args []string) error {
 	}
 	cfg.URL = *url
 	if cfg.URL == "" {
-		srv, err := startChild(ctx)
+		srv, stop, err := startChild(ctx)
 		if err != nil {
 			return err
 		}
-		defer srv.stop()
-		cfg.URL = srv.url
-		fmt.Fprintf(os.Stderr, "bench: started server pid %d at %s\n", srv.cmd.Process.Pid, srv.url)
+		defer stop()
+		cfg.URL = srv.URL
 	}
 	res, err := loadgen.Direct(ctx, cfg)
 	if err != nil {
@@ -120,77 +114,24 @@ func benchDirect(ctx context.Context, args []string) error {
 	return nil
 }
 
-// child is a `parley serve` started by bench.
-type child struct {
-	cmd  *exec.Cmd
-	url  string
-	data string
-}
-
 // startChild runs this binary's serve in a temp dir, with cheap password hashing (account
-// setup is not what is measured) and no per-connection rate limit.
-func startChild(ctx context.Context) (*child, error) {
+// setup is not what is measured) and no per-connection rate limit. stop also removes the
+// directory.
+func startChild(ctx context.Context) (srv *loadgen.Server, stop func(), err error) {
 	exe, err := os.Executable()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	data, err := os.MkdirTemp("", "parley-bench-")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	cmd := exec.Command(exe, "serve", "--listen", "127.0.0.1:0", "--data", data, "--log-json",
+	srv, err = loadgen.StartServer(ctx, exe, data,
 		"--argon2-memory-kib", "64", "--argon2-time", "1", "--frames-per-second", "1000000")
-	stderr, err := cmd.StderrPipe()
 	if err != nil {
-		return nil, err
+		_ = os.RemoveAll(data)
+		return nil, nil, fmt.Errorf("bench: %w", err)
 	}
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	c := &child{cmd: cmd, data: data}
-	addr := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			var line struct {
-				Msg    string `json:"msg"`
-				Listen string `json:"listen"`
-				Level  string `json:"level"`
-			}
-			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "parley started" {
-				addr <- line.Listen
-			} else if line.Level == "ERROR" || line.Level == "WARN" {
-				fmt.Fprintln(os.Stderr, "server:", sc.Text())
-			}
-		}
-		_, _ = io.Copy(io.Discard, stderr)
-	}()
-	select {
-	case a := <-addr:
-		c.url = "http://" + a
-	case <-time.After(30 * time.Second):
-		c.stop()
-		return nil, errors.New("bench: server did not start within 30s")
-	case <-ctx.Done():
-		c.stop()
-		return nil, ctx.Err()
-	}
-	if resp, err := http.Get(c.url + "/readyz"); err != nil || resp.StatusCode != 200 {
-		c.stop()
-		return nil, fmt.Errorf("bench: server not ready: %v", err)
-	}
-	return c, nil
-}
-
-func (c *child) stop() {
-	_ = c.cmd.Process.Signal(os.Interrupt)
-	done := make(chan struct{})
-	go func() { _ = c.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(15 * time.Second):
-		_ = c.cmd.Process.Kill()
-		<-done
-	}
-	_ = os.RemoveAll(c.data)
+	fmt.Fprintf(os.Stderr, "bench: started server pid %d at %s\n", srv.PID(), srv.URL)
+	return srv, func() { srv.Stop(); _ = os.RemoveAll(data) }, nil
 }

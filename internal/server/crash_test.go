@@ -1,22 +1,21 @@
 package server
 
 import (
-	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/gobwas/ws/wsutil"
 	"github.com/google/uuid"
 
+	"github.com/parley-chat/parley/internal/loadgen"
 	"github.com/parley-chat/parley/protocol"
 )
 
@@ -33,44 +32,14 @@ func buildParley(t *testing.T) string {
 }
 
 // startProcess runs `parley serve` on data and returns a handle once it is ready.
-func startProcess(t *testing.T, bin, data string) (*testServer, *exec.Cmd) {
+func startProcess(t *testing.T, bin, data string) (*testServer, *loadgen.Server) {
 	t.Helper()
-	cmd := exec.Command(bin, "serve", "--listen", "127.0.0.1:0", "--data", data, "--log-json",
-		"--argon2-memory-kib", "64", "--argon2-time", "1")
-	stderr, err := cmd.StderrPipe()
+	p, err := loadgen.StartServer(context.Background(), bin, data, "--argon2-memory-kib", "64", "--argon2-time", "1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	addr := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			var line struct {
-				Msg    string `json:"msg"`
-				Listen string `json:"listen"`
-			}
-			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "parley started" {
-				addr <- line.Listen
-			}
-		}
-	}()
-	select {
-	case a := <-addr:
-		ts := &testServer{t: t, addr: a, base: "http://" + a, stop: func() {}}
-		resp, err := http.Get(ts.base + "/readyz")
-		if err != nil || resp.StatusCode != 200 {
-			t.Fatalf("readyz: %v %v", resp, err)
-		}
-		resp.Body.Close()
-		return ts, cmd
-	case <-time.After(20 * time.Second):
-		t.Fatal("server did not start within 20s")
-		return nil, nil
-	}
+	t.Cleanup(p.Kill)
+	return &testServer{t: t, addr: p.Addr, base: p.URL, stop: func() {}}, p
 }
 
 // TestCrashKeepsAckedMessages kills the server with SIGKILL while clients are sending and
@@ -83,7 +52,7 @@ func TestCrashKeepsAckedMessages(t *testing.T) {
 	}
 	bin := buildParley(t)
 	data := t.TempDir()
-	ts, cmd := startProcess(t, bin, data)
+	ts, proc := startProcess(t, bin, data)
 	alice, bob := ts.signup("alice"), ts.signup("bob")
 	convs := []string{ts.direct(alice, bob).ID, ts.group(alice, "crash", bob).ID}
 
@@ -135,10 +104,7 @@ func TestCrashKeepsAckedMessages(t *testing.T) {
 	for acked.Load() < 400 {
 		time.Sleep(5 * time.Millisecond)
 	}
-	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	_ = cmd.Wait()
+	proc.Kill() // SIGKILL
 	wg.Wait()
 
 	ts2, _ := startProcess(t, bin, data)
