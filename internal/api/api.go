@@ -326,6 +326,10 @@ func (a *API) logout(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
+	if err := a.chat.DisconnectDevice(c.userID, c.deviceID); err != nil {
+		// The device is logged out regardless: its next request or reconnect is refused.
+		a.log.Warn("disconnect logged-out device", "request_id", requestID(r.Context()), "err", err)
+	}
 	w.WriteHeader(http.StatusNoContent)
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"slices"
 
+	"github.com/parley-chat/parley/internal/bus"
 	"github.com/parley-chat/parley/internal/frame"
 	"github.com/parley-chat/parley/protocol"
 )
@@ -37,6 +38,22 @@ func (s *Service) Receipt(ctx context.Context, userID, deviceID, conversationID,
 	}
 	s.publishTo(members, nil, frame.Delivery(deviceID, payload))
 	return nil
+}
+
+// Control is a message for the gateways that hold a user's connections, not for clients.
+type Control struct {
+	// DisconnectDevice closes every connection of that device (it logged out).
+	DisconnectDevice string `json:"disconnect_device,omitempty"`
+}
+
+// DisconnectDevice closes the device's open connections on every node, so that a logout
+// ends its live session at once, not at its next reconnect.
+func (s *Service) DisconnectDevice(userID, deviceID string) error {
+	payload, err := json.Marshal(Control{DisconnectDevice: deviceID})
+	if err != nil {
+		return err
+	}
+	return s.bus.Publish(bus.UserSubject(userID), frame.Control(payload))
 }
 
 // Typing relays a typing indicator to the other members' online devices. It is never stored.

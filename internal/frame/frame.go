@@ -96,7 +96,10 @@ func Close(code uint16, reason string) []byte {
 
 // Delivery envelopes. A delivery is: one byte n, n bytes of the device id that must not get
 // the frame (the device that produced the event, which has its ack instead; n = 0 for none),
-// then the complete WebSocket frame.
+// then the complete WebSocket frame. A control envelope, for the gateway itself rather than
+// for clients, is the byte 0xFF and then its JSON payload.
+
+const controlMark = 0xFF
 
 // ErrBadDelivery is returned for an envelope that is too short to be one.
 var ErrBadDelivery = errors.New("frame: malformed delivery envelope")
@@ -104,8 +107,8 @@ var ErrBadDelivery = errors.New("frame: malformed delivery envelope")
 // Delivery encodes payload (one JSON object) as a text frame inside a delivery envelope that
 // skips the device exceptDevice (may be ""), in a single allocation.
 func Delivery(exceptDevice string, payload []byte) []byte {
-	if len(exceptDevice) > 255 {
-		exceptDevice = exceptDevice[:255] // device ids are far shorter; never reached
+	if len(exceptDevice) >= controlMark {
+		exceptDevice = exceptDevice[:controlMark-1] // device ids are far shorter; never reached
 	}
 	h := headerLen(len(payload))
 	b := make([]byte, 1+len(exceptDevice)+h+len(payload))
@@ -116,12 +119,21 @@ func Delivery(exceptDevice string, payload []byte) []byte {
 	return b
 }
 
-// ParseDelivery splits an envelope into the excepted device id and the frame. The frame
-// aliases data: it is shared, never modified.
-func ParseDelivery(data []byte) (exceptDevice string, wsFrame []byte, err error) {
+// Control encodes a control envelope around payload.
+func Control(payload []byte) []byte {
+	return append([]byte{controlMark}, payload...)
+}
+
+// ParseDelivery splits an envelope into the excepted device id and the frame, or, for a
+// control envelope, returns its payload as control. Frame and control alias data: they are
+// shared, never modified.
+func ParseDelivery(data []byte) (exceptDevice string, wsFrame, control []byte, err error) {
+	if len(data) >= 1 && data[0] == controlMark {
+		return "", nil, data[1:], nil
+	}
 	if len(data) < 1 || len(data) < 1+int(data[0])+2 {
-		return "", nil, ErrBadDelivery
+		return "", nil, nil, ErrBadDelivery
 	}
 	n := int(data[0])
-	return string(data[1 : 1+n]), data[1+n:], nil
+	return string(data[1 : 1+n]), data[1+n:], nil, nil
 }

@@ -35,9 +35,12 @@ func TestDeliveryRoundTrip(t *testing.T) {
 	}
 	for _, tt := range tests {
 		env := Delivery(tt.device, []byte(tt.payload))
-		dev, wsf, err := ParseDelivery(env)
+		dev, wsf, ctl, err := ParseDelivery(env)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if ctl != nil {
+			t.Errorf("delivery parsed as control %q", ctl)
 		}
 		if dev != tt.device {
 			t.Errorf("device = %q, want %q", dev, tt.device)
@@ -54,9 +57,16 @@ func TestDeliveryRoundTrip(t *testing.T) {
 
 func TestParseDeliveryRejectsShort(t *testing.T) {
 	for _, data := range [][]byte{nil, {}, {5, 'a'}, {0, 0x81}} {
-		if _, _, err := ParseDelivery(data); err == nil {
+		if _, _, _, err := ParseDelivery(data); err == nil {
 			t.Errorf("ParseDelivery(%v) = nil error", data)
 		}
+	}
+}
+
+func TestControlRoundTrip(t *testing.T) {
+	_, wsf, ctl, err := ParseDelivery(Control([]byte(`{"disconnect_device":"d1"}`)))
+	if err != nil || wsf != nil || string(ctl) != `{"disconnect_device":"d1"}` {
+		t.Fatalf("control = %q frame %q err %v", ctl, wsf, err)
 	}
 }
 

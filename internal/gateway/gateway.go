@@ -252,10 +252,17 @@ func (g *Gateway) unregister(c *Conn) {
 // deliver is the bus handler for user subjects: it enqueues the event's frame, as is, on
 // every connection of the user except the device that produced it.
 func (g *Gateway) deliver(subject string, data []byte) {
-	except, f, err := frame.ParseDelivery(data)
+	except, f, control, err := frame.ParseDelivery(data)
 	if err != nil {
 		g.log.Warn("bad delivery on bus", "subject", subject, "err", err)
 		return
+	}
+	var ctl chat.Control
+	if control != nil {
+		if err := json.Unmarshal(control, &ctl); err != nil {
+			g.log.Warn("bad control message on bus", "subject", subject, "err", err)
+			return
+		}
 	}
 	userID := bus.UserFromSubject(subject)
 	g.mu.RLock()
@@ -265,7 +272,13 @@ func (g *Gateway) deliver(subject string, data []byte) {
 		return
 	}
 	for _, c := range u.conns {
-		if c.deviceID != except {
+		switch {
+		case control != nil:
+			if ctl.DisconnectDevice == c.deviceID {
+				// Not under g.mu: close unregisters.
+				go c.close(ws.StatusPolicyViolation, "logged out")
+			}
+		case c.deviceID != except:
 			c.enqueue(f)
 		}
 	}

@@ -148,10 +148,28 @@ func TestHandshakeAuth(t *testing.T) {
 		t.Fatal("a used ticket was accepted again")
 	}
 
-	// Logout makes the device's access token stop working at once.
+	// Logout makes the device's access token stop working at once, and closes its open
+	// connections, but not those of the user's other devices.
+	open := ts.dialRaw(alice.AccessToken)
+	other := ts.dialRaw(ts.login("alice").AccessToken)
 	if code := ts.call("POST", "/api/v1/auth/logout", alice.AccessToken, nil, nil); code != http.StatusNoContent {
 		t.Fatalf("logout: %d", code)
 	}
+	_ = open.nc.SetReadDeadline(timeIn(5))
+	for {
+		f, err := ws.ReadFrame(open.r)
+		if err != nil {
+			t.Fatalf("logged-out connection: no close frame: %v", err)
+		}
+		if f.Header.OpCode == ws.OpClose {
+			if code, reason := ws.ParseCloseFrameData(f.Payload); code != ws.StatusPolicyViolation || reason != "logged out" {
+				t.Fatalf("close %d %q", code, reason)
+			}
+			break
+		}
+	}
+	other.send(protocol.ClientFrame{Type: "ping", ID: "still"})
+	other.readType(protocol.FramePong)
 	if _, err := ts.tryDialRaw(alice.AccessToken); err == nil {
 		t.Fatal("a logged-out device's token opened a WebSocket")
 	}
