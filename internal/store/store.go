@@ -91,6 +91,11 @@ type Contacts interface {
 	DeleteContact(ctx context.Context, userID, contactID string) error
 	// ContactsOf returns userID's contacts ordered by username.
 	ContactsOf(ctx context.Context, userID string) ([]protocol.User, error)
+	// PresencePeers returns the users connected to userID for presence, each once, in no
+	// particular order: those userID lists as contacts, those who list userID, and userID's
+	// direct-conversation partners. The relation is symmetric: they see userID's presence,
+	// and userID sees theirs.
+	PresencePeers(ctx context.Context, userID string) ([]string, error)
 }
 
 // MemberChange is what a MembershipFunc decides to do to a conversation. The store applies it
@@ -170,6 +175,19 @@ type AppendResult struct {
 	Err error
 }
 
+// CursorUpdate moves one member's "delivered" or "read" cursor.
+type CursorUpdate struct {
+	ConversationID, UserID, Status string
+	Seq, TS                        int64
+}
+
+// CursorResult answers one CursorUpdate: whether a cursor moved, and both cursors after it.
+type CursorResult struct {
+	Changed               bool
+	ReadSeq, DeliveredSeq int64
+	Err                   error
+}
+
 // Events stores the per-conversation event log and per-member read state.
 type Events interface {
 	// Append stores a batch of events in one durable transaction: when it returns nil, every
@@ -197,4 +215,9 @@ type Events interface {
 	// whether either cursor moved; a change shows in Sync for that user. ErrNotMember if
 	// userID is not a member.
 	SetCursor(ctx context.Context, conversationID, userID, status string, seq int64, ts int64) (changed bool, err error)
+	// SetCursors applies a batch of cursor updates in one transaction, in order, each as
+	// SetCursor would (so later updates of the same member see earlier ones). Errors that
+	// concern one update (ErrNotMember, an unknown status) are in its result; an error from
+	// SetCursors itself means none was applied.
+	SetCursors(ctx context.Context, ups []CursorUpdate) ([]CursorResult, error)
 }

@@ -382,55 +382,78 @@ const (
 	statusRead      = "read"
 )
 
-// SetCursor implements store.Events. A move stamps the member's row with a new sync version;
-// no move writes nothing.
+// SetCursor implements store.Events: SetCursors with one update.
 func (s *Store) SetCursor(ctx context.Context, conversationID, userID, status string, seq int64, ts int64) (bool, error) {
-	const op = "set cursor"
-	if err := s.enter(op); err != nil {
+	rs, err := s.SetCursors(ctx, []store.CursorUpdate{{ConversationID: conversationID, UserID: userID, Status: status, Seq: seq, TS: ts}})
+	if err != nil {
 		return false, err
 	}
-	defer s.leave()
-	if status != statusDelivered && status != statusRead {
-		return false, fmt.Errorf("sqlite: %s: unknown status %q", op, status)
+	return rs[0].Changed, rs[0].Err
+}
+
+// SetCursors implements store.Events: every update of the batch in one write transaction,
+// the version bumped once if anything moved.
+func (s *Store) SetCursors(ctx context.Context, ups []store.CursorUpdate) ([]store.CursorResult, error) {
+	const op = "set cursors"
+	if err := s.enter(op); err != nil {
+		return nil, err
 	}
-	var changed bool
+	defer s.leave()
+	results := make([]store.CursorResult, len(ups))
 	err := s.write(ctx, func(tx *sql.Tx) error {
-		var read, delivered, readTS, deliveredTS, last int64
-		err := tx.QueryRowContext(ctx, `SELECT m.last_read_seq, m.last_delivered_seq, m.last_read_ts,
-			m.last_delivered_ts, c.last_seq
-			FROM members m JOIN conversations c ON c.id = m.conversation_id
-			WHERE m.conversation_id = ? AND m.user_id = ?`, conversationID, userID).
-			Scan(&read, &delivered, &readTS, &deliveredTS, &last)
-		if errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("user %q in conversation %q: %w", userID, conversationID, store.ErrNotMember)
+		clear(results)
+		var v int64 // the version of this transaction, once something moved
+		for i, u := range ups {
+			if u.Status != statusDelivered && u.Status != statusRead {
+				results[i].Err = fmt.Errorf("sqlite: %s: unknown status %q", op, u.Status)
+				continue
+			}
+			var read, delivered, readTS, deliveredTS, last int64
+			err := tx.QueryRowContext(ctx, `SELECT m.last_read_seq, m.last_delivered_seq, m.last_read_ts,
+				m.last_delivered_ts, c.last_seq
+				FROM members m JOIN conversations c ON c.id = m.conversation_id
+				WHERE m.conversation_id = ? AND m.user_id = ?`, u.ConversationID, u.UserID).
+				Scan(&read, &delivered, &readTS, &deliveredTS, &last)
+			if errors.Is(err, sql.ErrNoRows) {
+				results[i].Err = fmt.Errorf("sqlite: %s: user %q in conversation %q: %w", op, u.UserID, u.ConversationID, store.ErrNotMember)
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			seq := min(max(u.Seq, 0), last)
+			changed := false
+			if u.Status == statusRead && seq > read {
+				read, readTS, changed = seq, u.TS, true
+			}
+			if seq > delivered {
+				delivered, deliveredTS, changed = seq, u.TS, true
+			}
+			results[i] = store.CursorResult{Changed: changed, ReadSeq: read, DeliveredSeq: delivered}
+			if !changed {
+				continue
+			}
+			if v == 0 {
+				if v, err = bumpVersion(ctx, tx); err != nil {
+					return err
+				}
+			}
+			if _, err := tx.ExecContext(ctx, `UPDATE members SET last_read_seq = ?, last_read_ts = ?,
+				last_delivered_seq = ?, last_delivered_ts = ?, version = ?
+				WHERE conversation_id = ? AND user_id = ?`,
+				read, readTS, delivered, deliveredTS, v, u.ConversationID, u.UserID); err != nil {
+				return err
+			}
 		}
-		if err != nil {
-			return err
-		}
-		seq = min(max(seq, 0), last)
-		if status == statusRead && seq > read {
-			read, readTS, changed = seq, ts, true
-		}
-		if seq > delivered {
-			delivered, deliveredTS, changed = seq, ts, true
-		}
-		if !changed {
+		if v == 0 {
 			return errNothingStored
 		}
-		v, err := bumpVersion(ctx, tx)
-		if err != nil {
-			return err
-		}
-		_, err = tx.ExecContext(ctx, `UPDATE members SET last_read_seq = ?, last_read_ts = ?,
-			last_delivered_seq = ?, last_delivered_ts = ?, version = ?
-			WHERE conversation_id = ? AND user_id = ?`,
-			read, readTS, delivered, deliveredTS, v, conversationID, userID)
-		return err
+		return nil
 	})
 	if err != nil && !errors.Is(err, errNothingStored) {
-		return false, wrap(op, err)
+		return nil, wrap(op, err)
 	}
-	return changed, nil
+	return results, nil
 }
 
 // Sync implements store.Events. Every write that changes what Sync reports bumps meta.version

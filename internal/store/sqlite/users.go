@@ -339,3 +339,32 @@ func (s *Store) ContactsOf(ctx context.Context, userID string) ([]protocol.User,
 	us, err := scanUsers(rows)
 	return us, wrap(op, err)
 }
+
+// PresencePeers implements store.Contacts.
+func (s *Store) PresencePeers(ctx context.Context, userID string) ([]string, error) {
+	const op = "presence peers"
+	if err := s.enter(op); err != nil {
+		return nil, err
+	}
+	defer s.leave()
+	rows, err := s.reader.QueryContext(ctx, `
+		SELECT contact_id FROM contacts WHERE user_id = ?1
+		UNION SELECT user_id FROM contacts WHERE contact_id = ?1
+		UNION SELECT other.user_id FROM members me
+			JOIN conversations c ON c.id = me.conversation_id AND c.type = 'direct'
+			JOIN members other ON other.conversation_id = c.id AND other.user_id != me.user_id
+			WHERE me.user_id = ?1`, userID)
+	if err != nil {
+		return nil, wrap(op, err)
+	}
+	defer rows.Close()
+	var ids []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, wrap(op, err)
+		}
+		ids = append(ids, id)
+	}
+	return ids, wrap(op, rows.Err())
+}

@@ -53,6 +53,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Append/InvalidTargets", testInvalidTargets},
 		{"Messages/Paging", testMessagesPaging},
 		{"Cursor/MonotonicAndUnread", testCursor},
+		{"Cursor/Batch", testCursorBatch},
+		{"Contacts/PresencePeers", testPresencePeers},
 		{"Conversation/LastMessage", testLastMessage},
 		{"Sync", testSync},
 		{"ConversationsOf/OrderAndPaging", testConversationsOf},
@@ -1342,6 +1344,8 @@ func testClose(t *testing.T, s store.Store) {
 		{"SearchUsers", func() error { _, err := s.SearchUsers(ctx, "", 10); return err }},
 		{"Device", func() error { _, err := s.Device(ctx, "x"); return err }},
 		{"ContactsOf", func() error { _, err := s.ContactsOf(ctx, "a"); return err }},
+		{"PresencePeers", func() error { _, err := s.PresencePeers(ctx, "a"); return err }},
+		{"SetCursors", func() error { _, err := s.SetCursors(ctx, nil); return err }},
 		{"CreateDirect", func() error { _, _, err := s.CreateDirect(ctx, "d2", "a", "b", ts0); return err }},
 		{"Conversation", func() error { _, err := s.Conversation(ctx, "d1", "a"); return err }},
 		{"ConversationsOf", func() error { _, _, err := s.ConversationsOf(ctx, "a", "", 10); return err }},
@@ -1432,5 +1436,92 @@ func testAppendCancelled(t *testing.T, s store.Store) {
 		if r.Err != nil || r.Duplicate || r.Message.Seq != int64(i+2) {
 			t.Fatalf("after a failed Append, result %d = %+v; want a new event at seq %d", i, r, i+2)
 		}
+	}
+}
+
+func testCursorBatch(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	mkUsers(t, s, "a", "b", "c")
+	mkDirect(t, s, "d1", "a", "b")
+	for i := 1; i <= 4; i++ {
+		appendOK(t, s, text("d1", "b", fmt.Sprint("b", i), "x", ts0+int64(i)))
+	}
+	_, next0 := syncOf(t, s, "a", 0)
+	rs, err := s.SetCursors(ctx, []store.CursorUpdate{
+		{ConversationID: "d1", UserID: "a", Status: "delivered", Seq: 2, TS: ts0 + 10},
+		{ConversationID: "d1", UserID: "c", Status: "read", Seq: 1, TS: ts0 + 10}, // not a member
+		{ConversationID: "d1", UserID: "a", Status: "read", Seq: 3, TS: ts0 + 11},
+		{ConversationID: "d1", UserID: "a", Status: "delivered", Seq: 1, TS: ts0 + 12}, // backwards
+		{ConversationID: "d1", UserID: "a", Status: "seen", Seq: 4, TS: ts0 + 12},      // unknown status
+	})
+	if err != nil {
+		t.Fatalf("SetCursors: %v", err)
+	}
+	want := []store.CursorResult{
+		{Changed: true, ReadSeq: 0, DeliveredSeq: 2},
+		{},
+		{Changed: true, ReadSeq: 3, DeliveredSeq: 3},
+		{Changed: false, ReadSeq: 3, DeliveredSeq: 3},
+		{},
+	}
+	for i, r := range rs {
+		if r.Changed != want[i].Changed || r.ReadSeq != want[i].ReadSeq || r.DeliveredSeq != want[i].DeliveredSeq {
+			t.Errorf("update %d = %+v, want %+v", i, r, want[i])
+		}
+	}
+	wantErr(t, "SetCursors(non-member)", rs[1].Err, store.ErrNotMember)
+	if rs[4].Err == nil {
+		t.Error("SetCursors(unknown status): no error")
+	}
+	if c := conv(t, s, "d1", "a"); c.LastReadSeq != 3 || c.LastDeliveredSeq != 3 || c.UnreadCount != 1 {
+		t.Fatalf("after batch: read %d delivered %d unread %d", c.LastReadSeq, c.LastDeliveredSeq, c.UnreadCount)
+	}
+	if cs, _ := syncOf(t, s, "a", next0); len(cs) != 1 || cs[0].ID != "d1" {
+		t.Fatalf("Sync after cursor batch = %v, want d1", cs)
+	}
+	if cs, _ := syncOf(t, s, "b", next0); len(cs) != 0 {
+		t.Fatalf("Sync of b after a's cursors = %d conversations, want none", len(cs))
+	}
+}
+
+func syncOf(t *testing.T, s store.Store, user string, since int64) ([]protocol.Conversation, int64) {
+	t.Helper()
+	cs, next, err := s.Sync(t.Context(), user, since)
+	if err != nil {
+		t.Fatalf("Sync(%s, %d): %v", user, since, err)
+	}
+	return cs, next
+}
+
+func testPresencePeers(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	mkUsers(t, s, "a", "b", "c", "d", "e", "f")
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(s.PutContact(ctx, "a", "b", ts0)) // a lists b
+	must(s.PutContact(ctx, "c", "a", ts0)) // c lists a
+	must(s.PutContact(ctx, "b", "a", ts0)) // mutual with a: b once
+	mkDirect(t, s, "d1", "a", "d")         // direct partner
+	mkGroup(t, s, "g1", "a", "e")          // a group is not enough
+	peers := func(u string) []string {
+		ps, err := s.PresencePeers(ctx, u)
+		if err != nil {
+			t.Fatalf("PresencePeers(%s): %v", u, err)
+		}
+		slices.Sort(ps)
+		return ps
+	}
+	if got := peers("a"); !slices.Equal(got, []string{"b", "c", "d"}) {
+		t.Fatalf("PresencePeers(a) = %v, want [b c d]", got)
+	}
+	if got := peers("d"); !slices.Equal(got, []string{"a"}) {
+		t.Fatalf("PresencePeers(d) = %v, want [a]", got)
+	}
+	if got := peers("f"); len(got) != 0 {
+		t.Fatalf("PresencePeers(f) = %v, want none", got)
 	}
 }
