@@ -14,6 +14,8 @@ func serve(ctx context.Context, args []string) error {
 	fs.StringVar(&cfg.Listen, "listen", "127.0.0.1:8080", "address to listen on")
 	fs.StringVar(&cfg.Data, "data", "./data", "directory for the database, the bus's files and the signing key")
 	fs.StringVar(&cfg.NATSURL, "nats-url", "", "external NATS server (default: NATS runs in-process)")
+	fs.StringVar(&cfg.RedisURL, "redis-url", "", "Redis for soft state: presence, limits, tickets (default: in memory)")
+	fs.DurationVar(&cfg.Presence.TTL, "presence-ttl", 0, "a device without a heartbeat for this long is offline (default 3x heartbeat)")
 	fs.IntVar(&cfg.Chat.MaxBodyBytes, "max-body-bytes", 8192, "a message body's size limit")
 	fs.IntVar(&cfg.Chat.MaxGroupMembers, "max-group-members", 100, "members of a group, creator included")
 	fs.DurationVar(&cfg.Gateway.Heartbeat, "heartbeat", 0, "heartbeat interval told to clients; 3x silence closes (default 10s)")

@@ -18,6 +18,7 @@ import (
 
 	"github.com/parley-chat/parley/internal/auth"
 	"github.com/parley-chat/parley/internal/chat"
+	"github.com/parley-chat/parley/internal/presence"
 	"github.com/parley-chat/parley/internal/store"
 	"github.com/parley-chat/parley/protocol"
 )
@@ -59,6 +60,7 @@ type API struct {
 	chat    *chat.Service
 	tokens  *auth.Tokens
 	tickets *auth.Tickets
+	pres    *presence.Service
 	log     *slog.Logger
 	now     func() time.Time
 	hashing chan struct{}
@@ -68,7 +70,7 @@ type API struct {
 }
 
 // New builds the API. key signs access tokens.
-func New(cfg Config, st store.Store, c *chat.Service, key []byte, log *slog.Logger) (*API, error) {
+func New(cfg Config, st store.Store, c *chat.Service, pres *presence.Service, key []byte, log *slog.Logger) (*API, error) {
 	cfg = cfg.withDefaults()
 	tokens, err := auth.NewTokens(key, cfg.AccessTTL, time.Now)
 	if err != nil {
@@ -80,7 +82,7 @@ func New(cfg Config, st store.Store, c *chat.Service, key []byte, log *slog.Logg
 		return nil, fmt.Errorf("api: %w", err)
 	}
 	return &API{
-		cfg: cfg, st: st, chat: c, tokens: tokens, tickets: tickets, log: log, now: time.Now,
+		cfg: cfg, st: st, chat: c, tokens: tokens, tickets: tickets, pres: pres, log: log, now: time.Now,
 		hashing: make(chan struct{}, cfg.MaxHashing), dummyHash: dummy,
 	}, nil
 }
@@ -107,6 +109,7 @@ func (a *API) Routes(mux *http.ServeMux) {
 	mux.Handle("GET /api/v1/conversations/{id}/messages", a.authed(a.messages))
 	mux.Handle("GET /api/v1/sync", a.authed(a.sync))
 	mux.Handle("POST /api/v1/ws/ticket", a.authed(a.ticket))
+	mux.Handle("GET /api/v1/presence", a.authed(a.presence))
 	mux.HandleFunc("/api/v1/", func(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, chat.Errorf(protocol.CodeNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -326,6 +329,7 @@ func (a *API) logout(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
+	a.pres.Gone(r.Context(), c.userID, c.deviceID)
 	if err := a.chat.DisconnectDevice(c.userID, c.deviceID); err != nil {
 		// The device is logged out regardless: its next request or reconnect is refused.
 		a.log.Warn("disconnect logged-out device", "request_id", requestID(r.Context()), "err", err)
@@ -578,6 +582,25 @@ func (a *API) ticket(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, protocol.TicketBody{Ticket: t, ExpiresIn: int64(a.cfg.TicketTTL / time.Second)})
+}
+
+func (a *API) presence(w http.ResponseWriter, r *http.Request) {
+	var ids []string
+	for _, id := range strings.Split(r.URL.Query().Get("user_ids"), ",") {
+		if id = strings.TrimSpace(id); id != "" {
+			ids = append(ids, id)
+		}
+	}
+	if len(ids) == 0 || len(ids) > 200 {
+		a.writeError(w, r, chat.Errorf(protocol.CodeBadRequest, "user_ids must list 1 to 200 user ids, comma-separated"))
+		return
+	}
+	ps, err := a.pres.Lookup(r.Context(), callerOf(r).userID, ids)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, protocol.PresenceBody{Presence: nonNil(ps)})
 }
 
 func nonNil[T any](s []T) []T {

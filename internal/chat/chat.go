@@ -34,6 +34,11 @@ type Config struct {
 	MaxGroupMembers int // members of a group, creator included (default 100)
 	MaxBatch        int // events per store transaction (default 1024)
 	QueueLen        int // events waiting for the sequencer before Submit blocks (default 8192)
+	// TypingTTL ends a typing indicator that was not refreshed (default 6s); a repeated
+	// "start" is relayed at most every TypingRefresh (default 3s). Clients refresh "start"
+	// every few seconds while the user types.
+	TypingTTL     time.Duration
+	TypingRefresh time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -49,6 +54,12 @@ func (c Config) withDefaults() Config {
 	if c.QueueLen <= 0 {
 		c.QueueLen = 8192
 	}
+	if c.TypingTTL <= 0 {
+		c.TypingTTL = 6 * time.Second
+	}
+	if c.TypingRefresh <= 0 {
+		c.TypingRefresh = 3 * time.Second
+	}
 	return c
 }
 
@@ -63,10 +74,17 @@ type Service struct {
 	members *memberCache
 	sub     bus.Subscription
 
-	mu      sync.RWMutex // held for reading while sending to queue; for writing by Close
-	closing bool
-	queue   chan *op
-	done    chan struct{} // closed when the sequencer has returned
+	mu       sync.RWMutex // held for reading while sending to queue or receipts; for writing by Close
+	closing  bool
+	queue    chan *op
+	done     chan struct{} // closed when the sequencer has returned
+	receipts chan *receiptOp
+	// receiptsDone is closed when the receipt batcher has returned.
+	receiptsDone chan struct{}
+
+	typing     *typing
+	stopTimers chan struct{}
+	timersDone chan struct{}
 }
 
 // op is one unit of work for the sequencer: an append, or a membership change.
@@ -111,6 +129,10 @@ func New(st store.Store, b bus.Bus, cfg Config, log *slog.Logger) (*Service, err
 		done:    make(chan struct{}),
 	}
 	s.queue = make(chan *op, s.cfg.QueueLen)
+	s.receipts = make(chan *receiptOp, s.cfg.QueueLen)
+	s.receiptsDone = make(chan struct{})
+	s.typing = &typing{active: make(map[typingKey]typingState), ttl: s.cfg.TypingTTL, refresh: s.cfg.TypingRefresh}
+	s.stopTimers, s.timersDone = make(chan struct{}), make(chan struct{})
 	sub, err := b.Subscribe(bus.ConversationChangedAll, func(subject string, _ []byte) {
 		s.members.drop(subject[len(bus.ConversationChangedSubject("")):])
 	})
@@ -119,6 +141,8 @@ func New(st store.Store, b bus.Bus, cfg Config, log *slog.Logger) (*Service, err
 	}
 	s.sub = sub
 	go s.run()
+	go s.runReceipts()
+	go s.runTimers()
 	return s, nil
 }
 
@@ -132,15 +156,19 @@ func (s *Service) Close(ctx context.Context) error {
 	if !s.closing {
 		s.closing = true
 		close(s.queue)
+		close(s.receipts)
+		close(s.stopTimers)
 	}
 	s.mu.Unlock()
 	_ = s.sub.Unsubscribe()
-	select {
-	case <-s.done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
+	for _, done := range []chan struct{}{s.done, s.receiptsDone, s.timersDone} {
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
+	return nil
 }
 
 // enqueue hands o to the sequencer, or reports ErrClosed.

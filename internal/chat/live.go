@@ -3,41 +3,135 @@ package chat
 import (
 	"context"
 	"encoding/json"
-	"slices"
+	"sync"
+	"time"
 
 	"github.com/parley-chat/parley/internal/bus"
 	"github.com/parley-chat/parley/internal/frame"
+	"github.com/parley-chat/parley/internal/store"
 	"github.com/parley-chat/parley/protocol"
 )
 
-// Receipt moves userID's delivered or read cursor in a conversation forward to seq and, if
-// it moved, tells every member's devices except deviceID. Cursors are cumulative: a receipt
-// for seq covers everything up to it, and one that would move a cursor back changes nothing.
-func (s *Service) Receipt(ctx context.Context, userID, deviceID, conversationID, status string, seq int64) error {
-	if status != "delivered" && status != "read" {
-		return Errorf(protocol.CodeBadRequest, `status must be "delivered" or "read"`)
+// Receipt statuses.
+const (
+	Delivered = "delivered"
+	Read      = "read"
+)
+
+// receiptOp is one client receipt waiting for the receipt batcher.
+type receiptOp struct {
+	up       store.CursorUpdate
+	deviceID string
+	done     func(error)
+}
+
+// SubmitReceipt moves userID's delivered or read cursor in a conversation forward to seq.
+// Cursors are cumulative: a receipt for seq covers everything up to it, and one that would
+// move a cursor back changes nothing. Receipts are batched (many per transaction) on their
+// own goroutine, apart from the event sequencer: they are frequent, need no seq, and must
+// not slow sends. If the cursor moved, every device of every member except deviceID gets a
+// receipt frame. done (may be nil) gets the error for a bad receipt; it must not block.
+func (s *Service) SubmitReceipt(userID, deviceID, conversationID, status string, seq int64, done func(error)) {
+	if done == nil {
+		done = func(error) {}
+	}
+	if status != Delivered && status != Read {
+		done(Errorf(protocol.CodeBadRequest, `status must be "delivered" or "read"`))
+		return
 	}
 	if conversationID == "" || seq <= 0 {
-		return Errorf(protocol.CodeBadRequest, "a receipt needs conversation_id and a positive seq")
+		done(Errorf(protocol.CodeBadRequest, "a receipt needs conversation_id and a positive seq"))
+		return
 	}
-	ts := s.now().UnixMilli()
-	changed, err := s.st.SetCursor(ctx, conversationID, userID, status, seq, ts)
-	if err != nil || !changed {
+	o := &receiptOp{
+		up:       store.CursorUpdate{ConversationID: conversationID, UserID: userID, Status: status, Seq: seq},
+		deviceID: deviceID,
+		done:     done,
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closing {
+		done(ErrClosed)
+		return
+	}
+	s.receipts <- o
+}
+
+// Receipt is SubmitReceipt for callers that wait (tests, HTTP).
+func (s *Service) Receipt(ctx context.Context, userID, deviceID, conversationID, status string, seq int64) error {
+	ch := make(chan error, 1)
+	s.SubmitReceipt(userID, deviceID, conversationID, status, seq, func(err error) { ch <- err })
+	select {
+	case err := <-ch:
 		return err
+	case <-ctx.Done():
+		return ctx.Err()
 	}
+}
+
+// runReceipts applies receipts in batches until the queue is closed.
+func (s *Service) runReceipts() {
+	defer close(s.receiptsDone)
+	batch := make([]*receiptOp, 0, s.cfg.MaxBatch)
+	ups := make([]store.CursorUpdate, 0, s.cfg.MaxBatch)
+	for o := range s.receipts {
+		batch = append(batch[:0], o)
+	fill:
+		for len(batch) < s.cfg.MaxBatch {
+			select {
+			case o, ok := <-s.receipts:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, o)
+			default:
+				break fill
+			}
+		}
+		ts := s.now().UnixMilli()
+		ups = ups[:0]
+		for _, o := range batch {
+			o.up.TS = ts
+			ups = append(ups, o.up)
+		}
+		results, err := s.st.SetCursors(context.Background(), ups)
+		if err != nil {
+			s.log.Error("receipt batch failed", "receipts", len(batch), "err", err)
+		}
+		for i, o := range batch {
+			switch {
+			case err != nil:
+				o.done(err)
+			case results[i].Err != nil:
+				o.done(Errorf(protocol.CodeForbidden, "not a member of conversation %s", clip(o.up.ConversationID)))
+			default:
+				o.done(nil)
+				if results[i].Changed {
+					seq := results[i].DeliveredSeq
+					if o.up.Status == Read {
+						seq = results[i].ReadSeq
+					}
+					s.publishReceipt(o, seq)
+				}
+			}
+		}
+	}
+}
+
+func (s *Service) publishReceipt(o *receiptOp, seq int64) {
 	payload, err := json.Marshal(protocol.ReceiptFrame{
-		Type: protocol.FrameReceipt, ConversationID: conversationID,
-		UserID: userID, Status: status, Seq: seq, TS: ts,
+		Type: protocol.FrameReceipt, ConversationID: o.up.ConversationID,
+		UserID: o.up.UserID, Status: o.up.Status, Seq: seq, TS: o.up.TS,
 	})
 	if err != nil {
-		return err
+		return
 	}
-	members, err := s.memberIDs(conversationID)
+	members, err := s.memberIDs(o.up.ConversationID)
 	if err != nil {
-		return err
+		s.log.Warn("member list for receipt", "conversation", o.up.ConversationID, "err", err)
+		return
 	}
-	s.publishTo(members, nil, frame.Delivery(deviceID, payload))
-	return nil
+	s.publishTo(members, nil, frame.Delivery(o.deviceID, payload))
 }
 
 // Control is a message for the gateways that hold a user's connections, not for clients.
@@ -56,26 +150,116 @@ func (s *Service) DisconnectDevice(userID, deviceID string) error {
 	return s.bus.Publish(bus.UserSubject(userID), frame.Control(payload))
 }
 
+// typing tracks the typing indicators this node has relayed, to throttle floods and to end
+// indicators whose typist went quiet.
+type typing struct {
+	mu      sync.Mutex
+	active  map[typingKey]typingState
+	ttl     time.Duration // an indicator without a refresh ends after this
+	refresh time.Duration // a repeated "start" is relayed at most this often
+}
+
+type typingKey struct{ user, conv string }
+
+type typingState struct {
+	expires  int64 // unix ms
+	relayed  int64 // unix ms of the last relayed "start"
+	deviceID string
+}
+
 // Typing relays a typing indicator to the other members' online devices. It is never stored.
-func (s *Service) Typing(ctx context.Context, userID, conversationID, state string) error {
+// A "start" repeated within TypingRefresh is dropped (floods are throttled); an indicator
+// not refreshed within TypingTTL ends by itself: the server relays the "stop".
+func (s *Service) Typing(ctx context.Context, userID, deviceID, conversationID, state string) error {
 	if state != "start" && state != "stop" {
 		return Errorf(protocol.CodeBadRequest, `state must be "start" or "stop"`)
 	}
 	members, err := s.memberIDs(conversationID)
-	if err != nil || !slices.Contains(members, userID) {
+	if err != nil || !contains(members, userID) {
 		return Errorf(protocol.CodeForbidden, "not a member of conversation %s", clip(conversationID))
 	}
+	now := s.now().UnixMilli()
+	k := typingKey{userID, conversationID}
+	t := s.typing
+	t.mu.Lock()
+	cur, active := t.active[k]
+	relay := false
+	switch {
+	case state == "stop":
+		relay = active
+		delete(t.active, k)
+	case !active || now-cur.relayed >= t.refresh.Milliseconds():
+		relay = true
+		t.active[k] = typingState{expires: now + t.ttl.Milliseconds(), relayed: now, deviceID: deviceID}
+	default:
+		cur.expires = now + t.ttl.Milliseconds() // a refresh keeps it alive without a frame
+		t.active[k] = cur
+	}
+	t.mu.Unlock()
+	if relay {
+		s.publishTyping(userID, conversationID, state, members)
+	}
+	return nil
+}
+
+func (s *Service) publishTyping(userID, conversationID, state string, members []string) {
 	payload, err := json.Marshal(protocol.TypingFrame{
 		Type: protocol.FrameTyping, ConversationID: conversationID, UserID: userID, State: state,
 	})
 	if err != nil {
-		return err
+		return
 	}
 	env := frame.Delivery("", payload)
 	for _, u := range members {
-		if u != userID {
-			s.publishTo([]string{u}, nil, env)
+		if u == userID {
+			continue
+		}
+		if err := s.bus.Publish(bus.UserSubject(u), env); err != nil {
+			s.log.Warn("publish typing", "user", u, "err", err)
 		}
 	}
-	return nil
+}
+
+// expireTyping ends the indicators whose time ran out, relaying their "stop".
+func (s *Service) expireTyping() {
+	now := s.now().UnixMilli()
+	t := s.typing
+	var ended []typingKey
+	t.mu.Lock()
+	for k, st := range t.active {
+		if st.expires <= now {
+			ended = append(ended, k)
+			delete(t.active, k)
+		}
+	}
+	t.mu.Unlock()
+	for _, k := range ended {
+		if members, err := s.memberIDs(k.conv); err == nil {
+			s.publishTyping(k.user, k.conv, "stop", members)
+		}
+	}
+}
+
+// runTimers owns the periodic work of the service: typing expiry.
+func (s *Service) runTimers() {
+	defer close(s.timersDone)
+	tick := time.NewTicker(s.typing.ttl / 4)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.stopTimers:
+			return
+		case <-tick.C:
+			s.expireTyping()
+		}
+	}
+}
+
+func contains(ids []string, id string) bool {
+	for _, x := range ids {
+		if x == id {
+			return true
+		}
+	}
+	return false
 }

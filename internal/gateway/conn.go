@@ -36,8 +36,10 @@ type Conn struct {
 	msg     []byte // a fragmented message so far; nil when none
 	msgDrop bool   // the fragmented message in progress is too large and is being skipped
 	strikes int    // consecutive bad frames
-	tokens  float64
-	tokenTS int64
+	// lastBeat is when presence last heard of this connection (unix ms).
+	lastBeat int64
+	tokens   float64
+	tokenTS  int64
 
 	mu      sync.Mutex
 	queue   [][]byte // complete frames waiting for the writer
@@ -66,7 +68,12 @@ func (c *Conn) readReady() {
 	bp := readBufPool.Get().(*[]byte)
 	n, err := c.readSome(*bp)
 	if err == nil && n > 0 {
-		c.lastRead.Store(time.Now().UnixMilli())
+		now := time.Now().UnixMilli()
+		c.lastRead.Store(now)
+		if now-c.lastBeat >= c.g.cfg.Heartbeat.Milliseconds()/2 {
+			c.lastBeat = now
+			c.g.pres.Heartbeat(c.g.ctx, c.userID, c.deviceID)
+		}
 		data := (*bp)[:n]
 		if len(c.in) > 0 {
 			c.in = append(c.in, data...)
@@ -217,11 +224,14 @@ func (c *Conn) handleMessage(p []byte) error {
 		id := f.ID
 		c.g.chat.Submit(ctx, ev, func(r chat.Result) { c.answer(id, r) })
 	case protocol.FrameReceipt:
-		if err := c.g.chat.Receipt(ctx, c.userID, c.deviceID, f.ConversationID, f.Status, f.Seq); err != nil {
-			return c.failErr(f.ID, err)
-		}
+		id := f.ID
+		c.g.chat.SubmitReceipt(c.userID, c.deviceID, f.ConversationID, f.Status, f.Seq, func(err error) {
+			if err != nil {
+				c.answer(id, chat.Result{Err: err})
+			}
+		})
 	case protocol.FrameTyping:
-		if err := c.g.chat.Typing(ctx, c.userID, f.ConversationID, f.State); err != nil {
+		if err := c.g.chat.Typing(ctx, c.userID, c.deviceID, f.ConversationID, f.State); err != nil {
 			return c.failErr(f.ID, err)
 		}
 	case protocol.FramePing:
@@ -301,7 +311,7 @@ func (c *Conn) enqueue(f []byte) bool {
 	}
 	if len(c.queue) >= c.g.cfg.SendQueue {
 		c.mu.Unlock()
-		go c.close(ws.StatusPolicyViolation, "too slow: send queue full, reconnect and sync")
+		go c.cut("too slow: send queue full, reconnect and sync")
 		return false
 	}
 	c.queue = append(c.queue, f)
@@ -332,7 +342,7 @@ func (c *Conn) flush() {
 			c.mu.Lock()
 			c.writing = false
 			c.mu.Unlock()
-			c.close(ws.StatusGoingAway, "write: "+err.Error())
+			c.cut("write: " + err.Error())
 			return
 		}
 	}
@@ -348,6 +358,18 @@ func (c *Conn) idle() bool {
 // close ends the connection once: it stops reading, forgets the connection, sends a close
 // frame (best effort, bounded by a short deadline) and closes the socket.
 func (c *Conn) close(code ws.StatusCode, reason string) {
+	c.end(code, reason, time.Second, false)
+}
+
+// cut ends a connection that cannot keep up (its queue is full, or a write timed out). Its
+// socket buffer is full, so the close frame gets only a moment, and the socket is reset
+// rather than closed gracefully: a graceful close would leave the kernel holding the unsent
+// bytes for a peer that does not read them.
+func (c *Conn) cut(reason string) {
+	c.end(ws.StatusPolicyViolation, reason, 10*time.Millisecond, true)
+}
+
+func (c *Conn) end(code ws.StatusCode, reason string, wait time.Duration, reset bool) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -358,8 +380,11 @@ func (c *Conn) close(code ws.StatusCode, reason string) {
 	c.mu.Unlock()
 	c.g.poll.remove(c)
 	c.g.unregister(c)
-	_ = c.nc.SetWriteDeadline(time.Now().Add(time.Second))
+	_ = c.nc.SetWriteDeadline(time.Now().Add(wait))
 	_, _ = c.nc.Write(frame.Close(uint16(code), reason))
+	if tc, ok := c.nc.(*net.TCPConn); ok && reset {
+		_ = tc.SetLinger(0)
+	}
 	_ = c.nc.Close()
 	c.g.log.Debug("connection closed", "user", c.userID, "device", c.deviceID, "code", int(code), "reason", reason)
 }

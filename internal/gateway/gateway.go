@@ -35,6 +35,12 @@ type Authenticator interface {
 	AuthenticateWS(r *http.Request) (userID, deviceID string, err error)
 }
 
+// Presence is told when a device shows signs of life: on connect, and then at most every
+// half heartbeat while frames (pongs included) keep arriving.
+type Presence interface {
+	Heartbeat(ctx context.Context, userID, deviceID string)
+}
+
 // Config tunes the gateway. Zero fields take the defaults.
 type Config struct {
 	Heartbeat       time.Duration // advertised in ready; silence for 3× this closes (default 10s)
@@ -83,6 +89,7 @@ type Gateway struct {
 	chat *chat.Service
 	bus  bus.Bus
 	auth Authenticator
+	pres Presence
 	log  *slog.Logger
 	poll poller
 
@@ -107,7 +114,7 @@ type userConns struct {
 }
 
 // New builds a gateway and starts its poller and heartbeat sweeper.
-func New(cfg Config, c *chat.Service, b bus.Bus, auth Authenticator, log *slog.Logger) (*Gateway, error) {
+func New(cfg Config, c *chat.Service, b bus.Bus, auth Authenticator, pres Presence, log *slog.Logger) (*Gateway, error) {
 	p, err := newPoller()
 	if err != nil {
 		return nil, err
@@ -118,6 +125,7 @@ func New(cfg Config, c *chat.Service, b bus.Bus, auth Authenticator, log *slog.L
 		chat:    c,
 		bus:     b,
 		auth:    auth,
+		pres:    pres,
 		log:     log,
 		poll:    p,
 		ctx:     ctx,
@@ -176,6 +184,8 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	c := &Conn{g: g, id: g.nextID.Add(1), nc: nc, rc: rc, userID: userID, deviceID: deviceID}
 	c.lastRead.Store(time.Now().UnixMilli())
+	c.lastBeat = c.lastRead.Load()
+	g.pres.Heartbeat(g.ctx, userID, deviceID)
 	c.tokens = float64(2 * g.cfg.FramesPerSecond)
 	c.tokenTS = time.Now().UnixMicro()
 	if err := g.register(c); err != nil {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -172,7 +173,31 @@ func (ts *testServer) history(a account, convID string, after int64) []protocol.
 type rawWS struct {
 	t  *testing.T
 	nc net.Conn
-	r  io.Reader // nc, or the handshake's reader while it holds frames that came with it
+	r  io.Reader  // nc, or the handshake's reader while it holds frames that came with it
+	mu sync.Mutex // serialises writes (keepalive writes from its own goroutine)
+}
+
+// keepalive sends a WebSocket ping every interval until the test ends, as a live client's
+// heartbeat would, without producing any text frame for the test to read.
+func (c *rawWS) keepalive(interval time.Duration) {
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	c.t.Cleanup(func() { close(stop); <-done })
+	go func() {
+		defer close(done)
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				c.mu.Lock()
+				_ = ws.WriteFrame(c.nc, ws.MaskFrame(ws.NewPingFrame(nil)))
+				c.mu.Unlock()
+			}
+		}
+	}()
 }
 
 func (ts *testServer) dialRaw(token string) *rawWS {
@@ -203,6 +228,8 @@ func (ts *testServer) tryDialRaw(token string) (*rawWS, error) {
 
 func (c *rawWS) writeText(p []byte) {
 	c.t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if err := wsutil.WriteClientText(c.nc, p); err != nil {
 		c.t.Fatalf("write: %v", err)
 	}
@@ -248,11 +275,22 @@ func (c *rawWS) tryRead(timeout time.Duration) (protocol.ServerFrame, error) {
 	}
 }
 
-// readType reads frames until one of type typ arrives, returning it.
+// readType reads frames until one of type typ arrives, returning it; it fails the test if
+// none does within 5s.
 func (c *rawWS) readType(typ string) protocol.ServerFrame {
 	c.t.Helper()
+	return c.readTypeWithin(typ, 5*time.Second)
+}
+
+func (c *rawWS) readTypeWithin(typ string, d time.Duration) protocol.ServerFrame {
+	c.t.Helper()
+	deadline := time.Now().Add(d)
 	for {
-		if f := c.read(); f.Type == typ {
+		f, err := c.tryRead(time.Until(deadline))
+		if err != nil {
+			c.t.Fatalf("waiting for a %s frame: %v", typ, err)
+		}
+		if f.Type == typ {
 			return f
 		}
 	}

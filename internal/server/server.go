@@ -23,6 +23,10 @@ import (
 	"github.com/parley-chat/parley/internal/bus/natsbus"
 	"github.com/parley-chat/parley/internal/chat"
 	"github.com/parley-chat/parley/internal/gateway"
+	"github.com/parley-chat/parley/internal/presence"
+	"github.com/parley-chat/parley/internal/state"
+	"github.com/parley-chat/parley/internal/state/memstate"
+	"github.com/parley-chat/parley/internal/state/redisstate"
 	"github.com/parley-chat/parley/internal/store"
 	"github.com/parley-chat/parley/internal/store/sqlite"
 )
@@ -32,11 +36,13 @@ type Config struct {
 	Listen string // address to listen on (default 127.0.0.1:8080)
 	Data   string // directory for the database, the bus's files and the signing key (default ./data)
 
-	NATSURL string // external NATS; empty runs NATS in-process
+	NATSURL  string // external NATS; empty runs NATS in-process
+	RedisURL string // Redis for soft state (presence, limits, tickets); empty keeps it in memory
 
-	Chat    chat.Config
-	Gateway gateway.Config
-	API     api.Config
+	Chat     chat.Config
+	Gateway  gateway.Config
+	API      api.Config
+	Presence presence.Config
 
 	// ShutdownTimeout bounds a graceful shutdown (default 10s).
 	ShutdownTimeout time.Duration
@@ -52,6 +58,8 @@ type Server struct {
 	log     *slog.Logger
 	store   store.Store
 	bus     bus.Bus
+	state   state.State
+	pres    *presence.Service
 	chat    *chat.Service
 	gateway *gateway.Gateway
 	http    *http.Server
@@ -107,6 +115,16 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	}
 	undo = append(undo, func() { _ = s.bus.Close() })
 
+	if cfg.RedisURL != "" {
+		s.state, err = redisstate.New(ctx, cfg.RedisURL, "parley:")
+		if err != nil {
+			return nil, fmt.Errorf("connect soft state: %w", err)
+		}
+	} else {
+		s.state = memstate.New()
+	}
+	undo = append(undo, func() { _ = s.state.Close() })
+
 	key, err := loadKey(filepath.Join(cfg.Data, "auth.key"))
 	if err != nil {
 		return nil, err
@@ -118,11 +136,17 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	}
 	undo = append(undo, func() { _ = s.chat.Close(context.Background()) })
 
-	a, err := api.New(cfg.API, st, s.chat, key, log.With("component", "api"))
+	if cfg.Presence.TTL <= 0 && cfg.Gateway.Heartbeat > 0 {
+		cfg.Presence.TTL = 3 * cfg.Gateway.Heartbeat
+	}
+	s.pres = presence.New(cfg.Presence, s.state, st, s.bus, log.With("component", "presence"))
+	undo = append(undo, s.pres.Close)
+
+	a, err := api.New(cfg.API, st, s.chat, s.pres, key, log.With("component", "api"))
 	if err != nil {
 		return nil, err
 	}
-	s.gateway, err = gateway.New(cfg.Gateway, s.chat, s.bus, a, log.With("component", "gateway"))
+	s.gateway, err = gateway.New(cfg.Gateway, s.chat, s.bus, a, s.pres, log.With("component", "gateway"))
 	if err != nil {
 		return nil, fmt.Errorf("start gateway: %w", err)
 	}
@@ -212,9 +236,11 @@ func (s *Server) shutdown() error {
 	if s.debug != nil {
 		_ = s.debug.Close()
 	}
+	s.pres.Close()
 	berr := s.bus.Close()
+	sterr := s.state.Close()
 	serr := s.store.Close()
-	err := errors.Join(herr, cerr, gerr, berr, serr)
+	err := errors.Join(herr, cerr, gerr, berr, sterr, serr)
 	s.log.Info("stopped", "duration_ms", time.Since(start).Milliseconds(), "err", err)
 	return err
 }
