@@ -19,7 +19,7 @@ func serve(ctx context.Context, args []string) error {
 	fs.IntVar(&cfg.Chat.MaxBodyBytes, "max-body-bytes", 8192, "a message body's size limit")
 	fs.IntVar(&cfg.Chat.MaxGroupMembers, "max-group-members", 100, "members of a group, creator included")
 	fs.DurationVar(&cfg.Gateway.Heartbeat, "heartbeat", 0, "heartbeat interval told to clients; 3x silence closes (default 10s)")
-	fs.IntVar(&cfg.Gateway.SendQueue, "send-queue", 0, "frames queued per connection before a slow client is cut off (default 1024)")
+	fs.IntVar(&cfg.Gateway.SendQueueBytes, "send-queue-bytes", 0, "bytes queued per connection before a slow client is cut off (default 1 MiB)")
 	fs.IntVar(&cfg.Gateway.FramesPerSecond, "frames-per-second", 0, "per-connection frame rate limit (default 1000)")
 	fs.DurationVar(&cfg.API.AccessTTL, "access-ttl", 0, "access token lifetime (default 15m)")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 0, "bound on a graceful shutdown (default 10s)")

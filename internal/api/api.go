@@ -19,6 +19,7 @@ import (
 	"github.com/parley-chat/parley/internal/auth"
 	"github.com/parley-chat/parley/internal/chat"
 	"github.com/parley-chat/parley/internal/presence"
+	"github.com/parley-chat/parley/internal/state"
 	"github.com/parley-chat/parley/internal/store"
 	"github.com/parley-chat/parley/protocol"
 )
@@ -29,6 +30,10 @@ type Config struct {
 	RefreshTTL time.Duration // lifetime of a refresh token, renewed on every refresh (default 30 days)
 	Password   auth.Params   // argon2id cost (default auth.DefaultParams)
 	TicketTTL  time.Duration // lifetime of a WebSocket ticket (default 30s)
+	// LoginBurst login attempts per username are allowed at once, then LoginRate per
+	// minute (defaults 10 and 6).
+	LoginBurst int
+	LoginRate  float64
 	// MaxHashing bounds concurrent password hashes: each takes Password.Memory KiB, and a
 	// burst of logins must not exhaust memory (default 4).
 	MaxHashing int
@@ -47,6 +52,12 @@ func (c Config) withDefaults() Config {
 	if c.TicketTTL <= 0 {
 		c.TicketTTL = 30 * time.Second
 	}
+	if c.LoginBurst <= 0 {
+		c.LoginBurst = 10
+	}
+	if c.LoginRate <= 0 {
+		c.LoginRate = 6
+	}
 	if c.MaxHashing <= 0 {
 		c.MaxHashing = 4
 	}
@@ -59,7 +70,7 @@ type API struct {
 	st      store.Store
 	chat    *chat.Service
 	tokens  *auth.Tokens
-	tickets *auth.Tickets
+	soft    state.State // tickets and login rate limits
 	pres    *presence.Service
 	log     *slog.Logger
 	now     func() time.Time
@@ -70,19 +81,18 @@ type API struct {
 }
 
 // New builds the API. key signs access tokens.
-func New(cfg Config, st store.Store, c *chat.Service, pres *presence.Service, key []byte, log *slog.Logger) (*API, error) {
+func New(cfg Config, st store.Store, c *chat.Service, pres *presence.Service, soft state.State, key []byte, log *slog.Logger) (*API, error) {
 	cfg = cfg.withDefaults()
 	tokens, err := auth.NewTokens(key, cfg.AccessTTL, time.Now)
 	if err != nil {
 		return nil, fmt.Errorf("api: %w", err)
 	}
-	tickets := auth.NewTickets(cfg.TicketTTL, time.Now)
 	dummy, err := auth.HashPassword(cfg.Password, "parley-dummy-password")
 	if err != nil {
 		return nil, fmt.Errorf("api: %w", err)
 	}
 	return &API{
-		cfg: cfg, st: st, chat: c, tokens: tokens, tickets: tickets, pres: pres, log: log, now: time.Now,
+		cfg: cfg, st: st, chat: c, tokens: tokens, soft: soft, pres: pres, log: log, now: time.Now,
 		hashing: make(chan struct{}, cfg.MaxHashing), dummyHash: dummy,
 	}, nil
 }
@@ -156,8 +166,12 @@ func (a *API) authed(h http.HandlerFunc) http.Handler {
 // browsers, which cannot set headers on a WebSocket.
 func (a *API) AuthenticateWS(r *http.Request) (string, string, error) {
 	if t := r.URL.Query().Get("ticket"); t != "" {
-		userID, deviceID, ok := a.tickets.Redeem(t)
-		if !ok {
+		v, ok, err := a.soft.TakeToken(r.Context(), ticketKey(t), a.now().UnixMilli())
+		if err != nil {
+			return "", "", fmt.Errorf("redeem ticket: %w", err)
+		}
+		userID, deviceID, _ := strings.Cut(v, " ")
+		if !ok || deviceID == "" {
 			return "", "", errors.New("invalid, used or expired ticket")
 		}
 		c, err := a.checkDevice(r.Context(), userID, deviceID)
@@ -233,7 +247,20 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	bad := chat.Errorf(protocol.CodeUnauthorized, "wrong username or password")
-	u, hash, err := a.st.UserByUsername(r.Context(), auth.NormalizeUsername(req.Username))
+	username := auth.NormalizeUsername(req.Username)
+	// Password guessing is slowed per account, whichever addresses it comes from: a burst of
+	// LoginBurst attempts, then LoginRate per minute.
+	allowed, wait, err := a.soft.Allow(r.Context(), "login:"+username, a.cfg.LoginRate/60, a.cfg.LoginBurst, a.now().UnixMilli())
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if !allowed {
+		w.Header().Set("Retry-After", strconv.Itoa(int(wait.Seconds())+1))
+		a.writeError(w, r, chat.Errorf(protocol.CodeRateLimited, "too many login attempts for %q; try again in %d s", username, int(wait.Seconds())+1))
+		return
+	}
+	u, hash, err := a.st.UserByUsername(r.Context(), username)
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		a.writeError(w, r, err)
 		return
@@ -576,8 +603,8 @@ func (a *API) sync(w http.ResponseWriter, r *http.Request) {
 
 func (a *API) ticket(w http.ResponseWriter, r *http.Request) {
 	c := callerOf(r)
-	t, err := a.tickets.Issue(c.userID, c.deviceID)
-	if err != nil {
+	t := auth.RandomToken()
+	if err := a.soft.PutToken(r.Context(), ticketKey(t), c.userID+" "+c.deviceID, a.now().UnixMilli(), a.cfg.TicketTTL); err != nil {
 		a.writeError(w, r, err)
 		return
 	}
@@ -602,6 +629,10 @@ func (a *API) presence(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, protocol.PresenceBody{Presence: nonNil(ps)})
 }
+
+// ticketKey is where a ticket lives in soft state: under its hash, so that what the state
+// holds cannot be used as a ticket.
+func ticketKey(ticket string) string { return "ticket:" + auth.HashRefreshToken(ticket) }
 
 func nonNil[T any](s []T) []T {
 	if s == nil {

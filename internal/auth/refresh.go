@@ -14,10 +14,16 @@ const refreshTokenLen = 32
 // for the client, and its hash (HashRefreshToken) for the store. Only the hash is stored, so
 // a leaked database does not hand out sessions.
 func NewRefreshToken() (token, hash string, err error) {
+	token = RandomToken()
+	return token, HashRefreshToken(token), nil
+}
+
+// RandomToken returns 32 random bytes as unpadded base64url: an unguessable one-time value
+// (refresh tokens, WebSocket tickets).
+func RandomToken() string {
 	b := make([]byte, refreshTokenLen)
 	_, _ = rand.Read(b) // crypto/rand.Read never fails (it crashes the program instead)
-	token = base64.RawURLEncoding.EncodeToString(b)
-	return token, HashRefreshToken(token), nil
+	return base64.RawURLEncoding.EncodeToString(b)
 }
 
 // HashRefreshToken returns the hex SHA-256 of token, the form refresh tokens are stored and

@@ -43,6 +43,7 @@ type Conn struct {
 
 	mu      sync.Mutex
 	queue   [][]byte // complete frames waiting for the writer
+	queued  int      // bytes in queue and in the writer's hands
 	writing bool     // a writer goroutine is running
 	closed  bool
 }
@@ -309,12 +310,13 @@ func (c *Conn) enqueue(f []byte) bool {
 		c.mu.Unlock()
 		return false
 	}
-	if len(c.queue) >= c.g.cfg.SendQueue {
+	if c.queued+len(f) > c.g.cfg.SendQueueBytes {
 		c.mu.Unlock()
 		go c.cut("too slow: send queue full, reconnect and sync")
 		return false
 	}
 	c.queue = append(c.queue, f)
+	c.queued += len(f)
 	start := !c.writing
 	c.writing = true
 	c.mu.Unlock()
@@ -338,10 +340,14 @@ func (c *Conn) flush() {
 		c.mu.Unlock()
 		_ = c.nc.SetWriteDeadline(time.Now().Add(c.g.cfg.WriteTimeout))
 		bufs := net.Buffers(q)
-		if _, err := bufs.WriteTo(c.nc); err != nil {
-			c.mu.Lock()
+		n, err := bufs.WriteTo(c.nc)
+		c.mu.Lock()
+		c.queued -= int(n)
+		if err != nil {
 			c.writing = false
-			c.mu.Unlock()
+		}
+		c.mu.Unlock()
+		if err != nil {
 			c.cut("write: " + err.Error())
 			return
 		}
@@ -376,7 +382,7 @@ func (c *Conn) end(code ws.StatusCode, reason string, wait time.Duration, reset 
 		return
 	}
 	c.closed = true
-	c.queue = nil
+	c.queue, c.queued = nil, 0
 	c.mu.Unlock()
 	c.g.poll.remove(c)
 	c.g.unregister(c)

@@ -43,12 +43,16 @@ type Presence interface {
 
 // Config tunes the gateway. Zero fields take the defaults.
 type Config struct {
-	Heartbeat       time.Duration // advertised in ready; silence for 3× this closes (default 10s)
-	WriteTimeout    time.Duration // bound on writing queued frames (default 10s)
-	MaxFrameBytes   int           // a client frame's size limit (default 64 KiB)
-	SendQueue       int           // frames queued for a connection before it is cut off (default 1024)
-	FramesPerSecond int           // per-connection frame rate limit, with a burst of twice that (default 1000)
-	MaxStrikes      int           // consecutive bad frames before close 1008 (default 10)
+	Heartbeat     time.Duration // advertised in ready; silence for 3× this closes (default 10s)
+	WriteTimeout  time.Duration // bound on writing queued frames (default 10s)
+	MaxFrameBytes int           // a client frame's size limit (default 64 KiB)
+	// SendQueueBytes bounds the bytes queued for a connection (beyond what its socket
+	// buffers hold): a client that lets more pile up is too slow and is cut off (default
+	// 1 MiB). Bytes, not frames, so that a burst of small acks is never mistaken for a
+	// stuck reader while a stuck member of a busy group is found quickly.
+	SendQueueBytes  int
+	FramesPerSecond int // per-connection frame rate limit, with a burst of twice that (default 1000)
+	MaxStrikes      int // consecutive bad frames before close 1008 (default 10)
 }
 
 func (c Config) withDefaults() Config {
@@ -61,8 +65,8 @@ func (c Config) withDefaults() Config {
 	if c.MaxFrameBytes <= 0 {
 		c.MaxFrameBytes = 64 << 10
 	}
-	if c.SendQueue <= 0 {
-		c.SendQueue = 1024
+	if c.SendQueueBytes <= 0 {
+		c.SendQueueBytes = 1 << 20
 	}
 	if c.FramesPerSecond <= 0 {
 		c.FramesPerSecond = 1000

@@ -40,3 +40,34 @@ func TestIdleConnectionsHoldNoGoroutine(t *testing.T) {
 	}
 	t.Logf("%d idle connections: goroutines %d → %d", n, before, after)
 }
+
+// TestHeartbeatTimeout: the server pings a silent connection after a heartbeat and closes
+// it after three without an answer, freeing its slot; a client that answers stays.
+func TestHeartbeatTimeout(t *testing.T) {
+	const hb = 200 * time.Millisecond
+	ts := startServer(t, func(c *Config) { c.Gateway.Heartbeat = hb })
+	alice := ts.signup("alice")
+	dead := ts.dialRaw(alice.AccessToken)  // never reads, never writes
+	alive := ts.dialRaw(alice.AccessToken) // answers pings, as every client must
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = alive.tryRead(10 * hb) // reading answers the server's pings (wsutil does)
+	}()
+	start := time.Now()
+	for ts.gateway.Len() != 1 {
+		if time.Since(start) > 20*hb {
+			t.Fatalf("silent connection still open after %v", time.Since(start))
+		}
+		time.Sleep(hb / 10)
+	}
+	if took := time.Since(start); took < 3*hb {
+		t.Fatalf("closed after %v, before three heartbeats", took)
+	}
+	<-done
+	alive.send(protocol.ClientFrame{Type: "ping", ID: "alive"})
+	if p := alive.readType(protocol.FramePong); p.ID != "alive" {
+		t.Fatalf("pong %+v", p)
+	}
+	_ = dead
+}

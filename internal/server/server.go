@@ -142,7 +142,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	s.pres = presence.New(cfg.Presence, s.state, st, s.bus, log.With("component", "presence"))
 	undo = append(undo, s.pres.Close)
 
-	a, err := api.New(cfg.API, st, s.chat, s.pres, key, log.With("component", "api"))
+	a, err := api.New(cfg.API, st, s.chat, s.pres, s.state, key, log.With("component", "api"))
 	if err != nil {
 		return nil, err
 	}

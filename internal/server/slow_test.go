@@ -23,7 +23,7 @@ import (
 // delivery goes on without waiting for it (their latency is logged).
 func TestSlowReaderCutOff(t *testing.T) {
 	ts := startServer(t, func(c *Config) {
-		c.Gateway.SendQueue = 64
+		c.Gateway.SendQueueBytes = 1 << 20
 		c.Gateway.WriteTimeout = 2 * time.Second
 		c.Gateway.FramesPerSecond = 1_000_000
 	})
@@ -75,20 +75,17 @@ func TestSlowReaderCutOff(t *testing.T) {
 		deadline := time.Now().Add(30 * time.Second)
 		for {
 			mu.Lock()
-			done := got >= n
-			out := slices.Clone(lat)
-			lat = lat[:0]
-			if done {
-				got = 0
-			}
-			mu.Unlock()
-			if done {
+			if got >= n {
+				out := slices.Clone(lat)
+				lat, got = lat[:0], 0
+				mu.Unlock()
 				return out
 			}
+			have := got
+			mu.Unlock()
 			if time.Now().After(deadline) {
-				t.Fatalf("fast member got %d of %d messages", len(out), n)
+				t.Fatalf("fast member got %d of %d messages", have, n)
 			}
-			lat = append(lat, out...) // not done: put them back
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
