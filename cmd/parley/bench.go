@@ -15,103 +15,138 @@ import (
 const benchUsage = `usage: parley bench <scenario> [flags]
 
 scenarios:
-  direct   N sender/receiver pairs, each sender keeping K sends in flight
-  idle     C authenticated, heartbeating connections held open; server RSS per connection
+  direct     N sender/receiver pairs, each sender keeping K sends in flight
+  rate       the same at a fixed offered rate (open loop)
+  group      G groups of M online members, S senders each: fan-out
+  idle       C authenticated, heartbeating connections held open; server RSS per connection
+  reconnect  C clients drop at once and reconnect; time until all have caught up
 
 Without --url, bench starts its own server (embedded defaults, in a temp dir) as a child
-process, so server and load generator are measured as separate processes.
+process, so that server and load generator are measured as separate processes. Every
+scenario prints a summary and, with --json FILE, writes its result as JSON.
 `
+
+// benchFlags are the flags every scenario has.
+type benchFlags struct {
+	url, out, sources *string
+	pid               *int
+}
+
+func addBenchFlags(fs *flag.FlagSet) benchFlags {
+	return benchFlags{
+		url:     fs.String("url", "", "server to load (default: start one)"),
+		out:     fs.String("json", "", "also write the result as JSON to this file"),
+		sources: fs.String("source-ips", "", "comma-separated local addresses to dial from (e.g. 127.0.0.2,127.0.0.3)"),
+		pid:     fs.Int("server-pid", 0, "with --url: the server's pid, to read its RSS"),
+	}
+}
+
+func (b benchFlags) sourceIPs() []string {
+	if *b.sources == "" {
+		return nil
+	}
+	return strings.Split(*b.sources, ",")
+}
+
+// server returns the URL and pid to load, starting a child server if no --url was given.
+func (b benchFlags) server(ctx context.Context) (url string, pid int, stop func(), err error) {
+	if *b.url != "" {
+		return *b.url, *b.pid, func() {}, nil
+	}
+	srv, stop, err := startChild(ctx)
+	if err != nil {
+		return "", 0, nil, err
+	}
+	return srv.URL, srv.PID(), stop, nil
+}
+
+func (b benchFlags) report(res fmt.Stringer) error {
+	fmt.Println(res)
+	if *b.out == "" {
+		return nil
+	}
+	data, _ := json.MarshalIndent(res, "", "  ")
+	return os.WriteFile(*b.out, append(data, '\n'), 0o644)
+}
 
 func bench(ctx context.Context, args []string) error {
 	if len(args) == 0 {
 		fmt.Fprint(os.Stderr, benchUsage)
 		return flag.ErrHelp
 	}
-	switch args[0] {
-	case "direct":
-		return benchDirect(ctx, args[1:])
+	scenario := args[0]
+	fs := flag.NewFlagSet("bench "+scenario, flag.ContinueOnError)
+	bf := addBenchFlags(fs)
+	duration := fs.Duration("duration", 10*time.Second, "measured duration")
+	warmup := fs.Duration("warmup", time.Second, "unmeasured warm-up before it")
+	var run func(url string, pid int) (fmt.Stringer, error)
+	switch scenario {
+	case "direct", "rate":
+		pairs := fs.Int("pairs", 50, "sender/receiver pairs")
+		inflight := fs.Int("inflight", 8, "direct: sends each sender keeps in flight")
+		rate := fs.Float64("rate", 10000, "rate: messages per second offered, over all senders")
+		run = func(url string, _ int) (fmt.Stringer, error) {
+			cfg := loadgen.DirectConfig{URL: url, Pairs: *pairs, InFlight: *inflight, Duration: *duration, Warmup: *warmup, SourceIPs: bf.sourceIPs()}
+			if scenario == "rate" {
+				cfg.InFlight, cfg.Rate = 0, *rate
+			}
+			res, err := loadgen.Direct(ctx, cfg)
+			return res, checked(err, res.Lost, res.Duplicates)
+		}
+	case "group":
+		groups := fs.Int("groups", 2, "groups")
+		members := fs.Int("members", 100, "online members per group")
+		senders := fs.Int("senders", 4, "senders per group")
+		inflight := fs.Int("inflight", 8, "sends each sender keeps in flight")
+		run = func(url string, _ int) (fmt.Stringer, error) {
+			res, err := loadgen.Group(ctx, loadgen.GroupConfig{URL: url, Groups: *groups, Members: *members, Senders: *senders,
+				InFlight: *inflight, Duration: *duration, Warmup: *warmup, SourceIPs: bf.sourceIPs()})
+			return res, checked(err, res.Lost, res.Duplicates)
+		}
 	case "idle":
-		return benchIdle(ctx, args[1:])
+		conns := fs.Int("conns", 5000, "connections to hold")
+		users := fs.Int("users", 0, "accounts the connections are spread over (default: one each)")
+		hold := fs.Duration("hold", 10*time.Second, "how long to hold them, heartbeating")
+		run = func(url string, pid int) (fmt.Stringer, error) {
+			if *users == 0 {
+				*users = *conns
+			}
+			return loadgen.Idle(ctx, loadgen.IdleConfig{URL: url, Conns: *conns, Users: *users, Hold: *hold, ServerPID: pid, SourceIPs: bf.sourceIPs()})
+		}
+	case "reconnect":
+		clients := fs.Int("clients", 2000, "clients (an even number: they come in pairs)")
+		messages := fs.Int("messages", 1, "messages each client sends its partner before the drop")
+		run = func(url string, _ int) (fmt.Stringer, error) {
+			res, err := loadgen.Reconnect(ctx, loadgen.ReconnectConfig{URL: url, Clients: *clients, Messages: *messages, SourceIPs: bf.sourceIPs()})
+			return res, checked(err, res.Missing, 0)
+		}
 	default:
 		fmt.Fprint(os.Stderr, benchUsage)
 		return flag.ErrHelp
 	}
-}
-
-func benchIdle(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("bench idle", flag.ContinueOnError)
-	url := fs.String("url", "", "server to load (default: start one)")
-	pid := fs.Int("server-pid", 0, "with --url: the server's pid, to read its RSS")
-	var cfg loadgen.IdleConfig
-	fs.IntVar(&cfg.Conns, "conns", 5000, "connections to hold")
-	fs.IntVar(&cfg.Users, "users", 1000, "accounts the connections are spread over")
-	fs.DurationVar(&cfg.Hold, "hold", 10*time.Second, "how long to hold them, heartbeating")
-	sources := fs.String("source-ips", "", "comma-separated local addresses to dial from (e.g. 127.0.0.2,127.0.0.3)")
-	out := fs.String("json", "", "also write the result as JSON to this file")
-	if err := parseFlags(fs, args); err != nil {
+	if err := parseFlags(fs, args[1:]); err != nil {
 		return err
 	}
-	if *sources != "" {
-		cfg.SourceIPs = strings.Split(*sources, ",")
-	}
-	cfg.URL, cfg.ServerPID = *url, *pid
-	if cfg.URL == "" {
-		srv, stop, err := startChild(ctx)
-		if err != nil {
-			return err
-		}
-		defer stop()
-		cfg.URL, cfg.ServerPID = srv.URL, srv.PID()
-	}
-	res, err := loadgen.Idle(ctx, cfg)
+	url, pid, stop, err := bf.server(ctx)
 	if err != nil {
 		return err
 	}
-	fmt.Println(res)
-	return writeJSON(*out, res)
-}
-
-func writeJSON(path string, v any) error {
-	if path == "" {
-		return nil
-	}
-	data, _ := json.MarshalIndent(v, "", "  ")
-	return os.WriteFile(path, append(data, '\n'), 0o644)
-}
-
-func benchDirect(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("bench direct", flag.ContinueOnError)
-	url := fs.String("url", "", "server to load (default: start one)")
-	var cfg loadgen.DirectConfig
-	fs.IntVar(&cfg.Pairs, "pairs", 50, "sender/receiver pairs")
-	fs.IntVar(&cfg.InFlight, "inflight", 8, "sends each sender keeps in flight")
-	fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "measured duration")
-	fs.DurationVar(&cfg.Warmup, "warmup", time.Second, "unmeasured warm-up before it")
-	out := fs.String("json", "", "also write the result as JSON to this file")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	cfg.URL = *url
-	if cfg.URL == "" {
-		srv, stop, err := startChild(ctx)
-		if err != nil {
-			return err
+	defer stop()
+	res, err := run(url, pid)
+	if res != nil {
+		if rerr := bf.report(res); rerr != nil && err == nil {
+			err = rerr
 		}
-		defer stop()
-		cfg.URL = srv.URL
 	}
-	res, err := loadgen.Direct(ctx, cfg)
-	if err != nil {
-		return err
+	return err
+}
+
+// checked turns a run's correctness figures into its error.
+func checked(err error, lost, dups int) error {
+	if err == nil && (lost > 0 || dups > 0) {
+		err = fmt.Errorf("correctness: %d acked messages not delivered, %d delivered twice", lost, dups)
 	}
-	fmt.Println(res)
-	if err := writeJSON(*out, res); err != nil {
-		return err
-	}
-	if res.Lost > 0 || res.Duplicates > 0 {
-		return fmt.Errorf("correctness: %d acked messages lost, %d duplicates", res.Lost, res.Duplicates)
-	}
-	return nil
+	return err
 }
 
 // startChild runs this binary's serve in a temp dir, with cheap password hashing (account

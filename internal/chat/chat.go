@@ -16,6 +16,7 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -74,11 +75,13 @@ type Service struct {
 	members *memberCache
 	sub     bus.Subscription
 
-	mu       sync.RWMutex // held for reading while sending to queue or receipts; for writing by Close
-	closing  bool
-	queue    chan *op
-	done     chan struct{} // closed when the sequencer has returned
-	receipts chan *receiptOp
+	mu        sync.RWMutex // held for reading while sending to queue or receipts; for writing by Close
+	closing   bool
+	queue     chan *op
+	done      chan struct{}  // closed when the sequencer has returned
+	out       chan *outgoing // sequencer → publisher
+	published chan struct{}  // closed when the publisher has returned
+	receipts  chan *receiptOp
 	// receiptsDone is closed when the receipt batcher has returned.
 	receiptsDone chan struct{}
 
@@ -129,6 +132,7 @@ func New(st store.Store, b bus.Bus, cfg Config, log *slog.Logger) (*Service, err
 		done:    make(chan struct{}),
 	}
 	s.queue = make(chan *op, s.cfg.QueueLen)
+	s.out, s.published = make(chan *outgoing, 16), make(chan struct{})
 	s.receipts = make(chan *receiptOp, s.cfg.QueueLen)
 	s.receiptsDone = make(chan struct{})
 	s.typing = &typing{active: make(map[typingKey]typingState), ttl: s.cfg.TypingTTL, refresh: s.cfg.TypingRefresh}
@@ -141,6 +145,7 @@ func New(st store.Store, b bus.Bus, cfg Config, log *slog.Logger) (*Service, err
 	}
 	s.sub = sub
 	go s.run()
+	go s.publish()
 	go s.runReceipts()
 	go s.runTimers()
 	return s, nil
@@ -161,7 +166,7 @@ func (s *Service) Close(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	_ = s.sub.Unsubscribe()
-	for _, done := range []chan struct{}{s.done, s.receiptsDone, s.timersDone} {
+	for _, done := range []chan struct{}{s.done, s.published, s.receiptsDone, s.timersDone} {
 		select {
 		case <-done:
 		case <-ctx.Done():
@@ -340,6 +345,7 @@ func (s *Service) checkTarget(ctx context.Context, ev *Event, allow func(target 
 // membership changes one at a time, and publishes what it committed, in commit order.
 func (s *Service) run() {
 	defer close(s.done)
+	defer close(s.out)
 	batch := make([]*op, 0, s.cfg.MaxBatch)
 	for o := range s.queue {
 		if o.member != nil {
@@ -371,7 +377,9 @@ func (s *Service) run() {
 	}
 }
 
-// commit stores a batch in one transaction, answers each op, then publishes the new events.
+// commit stores a batch in one transaction and hands the outcome to the publisher. The
+// member lists for fan-out are resolved here, on the sequencer, where no membership change
+// can come between an event's commit and the list it is sent to.
 func (s *Service) commit(batch []*op) {
 	ts := s.now().UnixMilli()
 	reqs := make([]store.AppendRequest, len(batch))
@@ -379,51 +387,88 @@ func (s *Service) commit(batch []*op) {
 		reqs[i] = o.req
 		reqs[i].TS = ts
 	}
+	out := &outgoing{batch: slices.Clone(batch)}
 	// Not the caller's context: an event accepted into a batch is finished even while the
 	// server shuts down, so that nothing half-sent is left behind.
-	results, err := s.st.Append(context.Background(), reqs)
-	if err != nil {
-		s.log.Error("append batch failed", "events", len(batch), "err", err)
-		for _, o := range batch {
-			o.done(Result{Err: err})
+	out.results, out.err = s.st.Append(context.Background(), reqs)
+	if out.err == nil {
+		out.recipients = make([][]string, len(batch))
+		for i, r := range out.results {
+			if r.Err != nil || r.Duplicate {
+				continue
+			}
+			members, err := s.memberIDs(r.Message.ConversationID)
+			if err != nil {
+				s.log.Error("member list for fan-out", "conversation", r.Message.ConversationID, "err", err)
+			}
+			out.recipients[i] = members
 		}
-		return
 	}
-	for i, o := range batch {
-		r := results[i]
-		o.done(Result{Message: r.Message, Duplicate: r.Duplicate, Err: r.Err})
-	}
-	for i, o := range batch {
-		r := results[i]
-		if r.Err == nil && !r.Duplicate {
-			s.publishEvent(r.Message, o.deviceID, nil)
+	s.out <- out
+}
+
+// outgoing is a committed batch (or membership change) on its way from the sequencer to the
+// publisher, which answers the senders and publishes the events. Splitting the two lets the
+// next batch's transaction run while this one's acks and events are encoded and sent.
+type outgoing struct {
+	batch      []*op
+	results    []store.AppendResult
+	err        error
+	recipients [][]string // per result: who gets the event
+
+	member *memberOutgoing // a membership change instead of a batch
+}
+
+type memberOutgoing struct {
+	op         *memberOp
+	msg        protocol.Message
+	recipients []string
+}
+
+// publish is the publisher goroutine: it handles committed work in commit order.
+func (s *Service) publish() {
+	defer close(s.published)
+	for out := range s.out {
+		if m := out.member; m != nil {
+			s.publishEvent(m.msg, "", m.recipients)
+			m.op.result <- memberResult{msg: m.msg}
+			continue
+		}
+		if out.err != nil {
+			s.log.Error("append batch failed", "events", len(out.batch), "err", out.err)
+			for _, o := range out.batch {
+				o.done(Result{Err: out.err})
+			}
+			continue
+		}
+		for i, o := range out.batch {
+			r := out.results[i]
+			o.done(Result{Message: r.Message, Duplicate: r.Duplicate, Err: r.Err})
+		}
+		for i, o := range out.batch {
+			if r := out.results[i]; r.Err == nil && !r.Duplicate {
+				s.publishEvent(r.Message, o.deviceID, out.recipients[i])
+			}
 		}
 	}
 }
 
-// publishEvent encodes m once and publishes it to every member of its conversation (and to
-// extra users, e.g. one just removed), except the device exceptDevice.
-func (s *Service) publishEvent(m protocol.Message, exceptDevice string, extra []string) {
+// publishEvent encodes m once and publishes it to each recipient's devices, except the
+// device exceptDevice.
+func (s *Service) publishEvent(m protocol.Message, exceptDevice string, recipients []string) {
+	if len(recipients) == 0 {
+		return
+	}
 	payload, err := json.Marshal(protocol.MessageFrame{Type: protocol.FrameMessage, Message: m})
 	if err != nil {
 		s.log.Error("encode event", "conversation", m.ConversationID, "seq", m.Seq, "err", err)
 		return
 	}
-	members, err := s.memberIDs(m.ConversationID)
-	if err != nil {
-		s.log.Error("member list for fan-out", "conversation", m.ConversationID, "err", err)
-		return
-	}
-	s.publishTo(members, extra, frame.Delivery(exceptDevice, payload))
+	s.publishTo(recipients, frame.Delivery(exceptDevice, payload))
 }
 
-func (s *Service) publishTo(users, extra []string, env []byte) {
+func (s *Service) publishTo(users []string, env []byte) {
 	for _, u := range users {
-		if err := s.bus.Publish(bus.UserSubject(u), env); err != nil {
-			s.log.Warn("publish", "user", u, "err", err)
-		}
-	}
-	for _, u := range extra {
 		if err := s.bus.Publish(bus.UserSubject(u), env); err != nil {
 			s.log.Warn("publish", "user", u, "err", err)
 		}

@@ -131,7 +131,7 @@ func (s *Service) publishReceipt(o *receiptOp, seq int64) {
 		s.log.Warn("member list for receipt", "conversation", o.up.ConversationID, "err", err)
 		return
 	}
-	s.publishTo(members, nil, frame.Delivery(o.deviceID, payload))
+	s.publishTo(members, frame.Delivery(o.deviceID, payload))
 }
 
 // Control is a message for the gateways that hold a user's connections, not for clients.

@@ -73,14 +73,13 @@ func (s *Service) changeMembership(m *memberOp) {
 	if err != nil {
 		s.log.Error("member list after change", "conversation", m.conversationID, "err", err)
 	}
-	var gone []string
+	recipients := slices.Clone(after)
 	for _, u := range before {
 		if !slices.Contains(after, u) {
-			gone = append(gone, u)
+			recipients = append(recipients, u) // removed: hears of it once more
 		}
 	}
-	s.publishEvent(msg, "", gone)
-	m.result <- memberResult{msg: msg}
+	s.out <- &outgoing{member: &memberOutgoing{op: m, msg: msg, recipients: recipients}}
 }
 
 // change queues fn for conversationID on the sequencer and waits for the stored system event.
@@ -161,7 +160,7 @@ func (s *Service) CreateGroup(ctx context.Context, creatorID, name string, membe
 	if err != nil {
 		return protocol.Conversation{}, fmt.Errorf("create group: %w", err)
 	}
-	s.publishEvent(msg, "", nil)
+	s.publishEvent(msg, "", ids)
 	return s.st.Conversation(ctx, c.ID, creatorID)
 }
 

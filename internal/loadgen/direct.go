@@ -9,27 +9,35 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/parley-chat/parley/client"
 	"github.com/parley-chat/parley/protocol"
 )
 
-// DirectConfig is the "direct" scenario: Pairs sender/receiver pairs, each sender keeping
-// InFlight sends outstanding, for Duration after Warmup.
+// DirectConfig is the "direct" scenario: Pairs sender/receiver pairs, each in its own
+// direct conversation. Closed loop (Rate 0): each sender keeps InFlight sends outstanding.
+// Open loop (Rate > 0): the senders together send Rate messages per second on a fixed
+// schedule, and latency is measured from each message's scheduled time, so a stall shows
+// in the figures instead of slowing the load down (no coordinated omission).
 type DirectConfig struct {
-	URL      string
-	Pairs    int
-	InFlight int
-	Duration time.Duration
-	Warmup   time.Duration
-	Prefix   string // username prefix, so runs against one server do not collide
+	URL       string
+	Pairs     int
+	InFlight  int
+	Rate      float64
+	Duration  time.Duration
+	Warmup    time.Duration
+	Prefix    string   // username prefix, so runs against one server do not collide
+	SourceIPs []string // local addresses to dial from, round-robin
 }
 
-// DirectResult is what a direct run measured. Latencies count only sends scheduled after
-// the warm-up.
+// DirectResult is what a direct run measured. Latencies and rates count only messages
+// sent after the warm-up.
 type DirectResult struct {
 	Scenario      string  `json:"scenario"`
 	Pairs         int     `json:"pairs"`
-	InFlight      int     `json:"inflight"`
+	InFlight      int     `json:"inflight,omitempty"`
+	OfferedPerS   float64 `json:"offered_per_s,omitempty"`
 	DurationS     float64 `json:"duration_s"`
 	Acked         uint64  `json:"acked"`
 	Delivered     uint64  `json:"delivered"`
@@ -45,151 +53,261 @@ type DirectResult struct {
 }
 
 func (r DirectResult) String() string {
-	return fmt.Sprintf(`direct: %d pairs, %d in flight each, %.1fs
+	mode := fmt.Sprintf("%d in flight each", r.InFlight)
+	if r.OfferedPerS > 0 {
+		mode = fmt.Sprintf("%.0f msg/s offered", r.OfferedPerS)
+	}
+	return fmt.Sprintf(`%s: %d pairs, %s, %.1fs
   acked      %9.0f msg/s  (%d)
   delivered  %9.0f msg/s  (%d)
   send→ack     %s
   send→deliver %s
   lost %d  duplicates %d  errors %d`,
-		r.Pairs, r.InFlight, r.DurationS, r.AckedPerS, r.Acked, r.DeliveredPerS, r.Delivered,
+		r.Scenario, r.Pairs, mode, r.DurationS, r.AckedPerS, r.Acked, r.DeliveredPerS, r.Delivered,
 		r.SendToAck, r.SendToDeliver, r.Lost, r.Duplicates, r.Errors)
 }
 
-// pair is one sender and one receiver in a direct conversation.
-type pair struct {
-	conv     string
-	sender   *client.Conn
-	receiver *client.Conn
-
+// tracker checks that every acked message of one conversation is delivered exactly once to
+// each receiver.
+type tracker struct {
 	mu        sync.Mutex
-	acked     map[int64]bool // seq → delivered yet
-	delivered map[int64]int
+	acked     map[int64]bool
+	delivered map[int64]int // seq → deliveries, summed over receivers
+	receivers int
 }
+
+func newTracker(receivers int) *tracker {
+	return &tracker{acked: map[int64]bool{}, delivered: map[int64]int{}, receivers: receivers}
+}
+
+func (t *tracker) ack(seq int64) {
+	t.mu.Lock()
+	t.acked[seq] = true
+	t.mu.Unlock()
+}
+
+func (t *tracker) deliver(seq int64) {
+	t.mu.Lock()
+	t.delivered[seq]++
+	t.mu.Unlock()
+}
+
+// check returns the acked seqs some receiver has not got, and the extra deliveries.
+func (t *tracker) check() (lost, dups int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for seq := range t.acked {
+		if n := t.delivered[seq]; n < t.receivers {
+			lost += t.receivers - n
+		}
+	}
+	for _, n := range t.delivered {
+		if n > t.receivers {
+			dups += n - t.receivers
+		}
+	}
+	return lost, dups
+}
+
+// sender keeps the send times of its outstanding messages.
+type sender struct {
+	c     *lconn
+	conv  string
+	mu    sync.Mutex
+	t0    map[string]time.Time
+	slots chan struct{} // closed loop: one token per message in flight
+}
+
+// window is the measured interval.
+type window struct{ from, to time.Time }
+
+func (w window) in(t time.Time) bool { return !t.Before(w.from) && t.Before(w.to) }
 
 // Direct runs the direct scenario against cfg.URL.
 func Direct(ctx context.Context, cfg DirectConfig) (DirectResult, error) {
-	if cfg.Pairs <= 0 || cfg.InFlight <= 0 || cfg.Duration <= 0 {
-		return DirectResult{}, errors.New("direct: pairs, inflight and duration must be positive")
+	if cfg.Pairs <= 0 || cfg.Duration <= 0 || (cfg.InFlight <= 0 && cfg.Rate <= 0) {
+		return DirectResult{}, errors.New("direct: pairs, duration and inflight or rate must be positive")
 	}
 	if cfg.Prefix == "" {
 		cfg.Prefix = "b" + strconv.FormatInt(time.Now().UnixNano()%1e8, 36)
 	}
-	pairs, cleanup, err := setupPairs(ctx, cfg)
-	defer cleanup()
+	users, err := Accounts(ctx, cfg.URL, cfg.Prefix, 2*cfg.Pairs)
 	if err != nil {
 		return DirectResult{}, err
+	}
+	d := newDialer(cfg.URL, cfg.SourceIPs)
+	var conns []*lconn
+	defer func() {
+		for _, c := range conns {
+			c.close()
+		}
+	}()
+	senders := make([]*sender, cfg.Pairs)
+	receivers := make([]*lconn, cfg.Pairs)
+	trackers := make([]*tracker, cfg.Pairs)
+	for i := range cfg.Pairs {
+		s, r := users[2*i], users[2*i+1]
+		conv, _, err := s.CreateDirect(ctx, r.Tokens().UserID)
+		if err != nil {
+			return DirectResult{}, fmt.Errorf("create conversation: %w", err)
+		}
+		sc, err := d.dial(ctx, s.Tokens().AccessToken)
+		if err != nil {
+			return DirectResult{}, fmt.Errorf("connect: %w", err)
+		}
+		rc, err := d.dial(ctx, r.Tokens().AccessToken)
+		if err != nil {
+			sc.close()
+			return DirectResult{}, fmt.Errorf("connect: %w", err)
+		}
+		conns = append(conns, sc, rc)
+		senders[i] = &sender{c: sc, conv: conv.ID, t0: map[string]time.Time{}}
+		receivers[i] = rc
+		trackers[i] = newTracker(1)
 	}
 
 	var ackH, delH Histogram
 	var acked, delivered atomic.Uint64
 	var errs atomic.Int64
 	start := time.Now()
-	measureFrom := start.Add(cfg.Warmup)
-	end := measureFrom.Add(cfg.Duration)
-	runCtx, stop := context.WithDeadline(ctx, end)
+	win := window{from: start.Add(cfg.Warmup), to: start.Add(cfg.Warmup + cfg.Duration)}
+	runCtx, stop := context.WithDeadline(ctx, win.to)
 	defer stop()
 
 	var readers sync.WaitGroup
-	readCtx, stopReaders := context.WithCancel(context.Background())
-	for _, p := range pairs {
-		readers.Go(func() { drain(readCtx, p.sender) })
+	for i, r := range receivers {
+		tr := trackers[i]
 		readers.Go(func() {
 			for {
-				select {
-				case <-readCtx.Done():
+				p, err := r.next()
+				if err != nil {
 					return
-				case ev, ok := <-p.receiver.Events():
-					if !ok {
-						return
-					}
-					if ev.Type != client.EventMessage || ev.Message.ConversationID != p.conv {
-						continue
-					}
-					now := time.Now()
-					p.mu.Lock()
-					p.delivered[ev.Message.Seq]++
-					p.mu.Unlock()
-					if sent, err := strconv.ParseInt(ev.Message.Body, 10, 64); err == nil {
-						if t0 := time.Unix(0, sent); !t0.Before(measureFrom) && !t0.After(end) {
-							delH.Record(now.Sub(t0))
-							delivered.Add(1)
-						}
+				}
+				f := parse(p)
+				if f.typ != protocol.FrameMessage {
+					continue
+				}
+				tr.deliver(f.seq)
+				if ns, err := strconv.ParseInt(f.body, 10, 64); err == nil {
+					if t0 := time.Unix(0, ns); win.in(t0) {
+						delH.Record(time.Since(t0))
+						delivered.Add(1)
 					}
 				}
 			}
 		})
 	}
-
-	var senders sync.WaitGroup
-	for _, p := range pairs {
-		for range cfg.InFlight {
-			senders.Go(func() {
-				for runCtx.Err() == nil {
-					t0 := time.Now()
-					ack, err := p.sender.Send(runCtx, p.conv, strconv.FormatInt(t0.UnixNano(), 10))
-					if err != nil {
-						if runCtx.Err() == nil {
-							errs.Add(1)
-						}
-						continue
-					}
-					p.mu.Lock()
-					p.acked[ack.Seq] = true
-					p.mu.Unlock()
-					if !t0.Before(measureFrom) {
-						ackH.Record(time.Since(t0))
-						acked.Add(1)
-					}
-				}
-			})
+	for i, s := range senders {
+		tr := trackers[i]
+		if cfg.Rate <= 0 {
+			s.slots = make(chan struct{}, cfg.InFlight)
 		}
+		readers.Go(func() {
+			for {
+				p, err := s.c.next()
+				if err != nil {
+					return
+				}
+				f := parse(p)
+				if f.typ != protocol.FrameAck {
+					if f.typ == protocol.FrameError {
+						errs.Add(1)
+					}
+					continue
+				}
+				s.mu.Lock()
+				t0, ok := s.t0[f.id]
+				delete(s.t0, f.id)
+				s.mu.Unlock()
+				if !ok {
+					continue
+				}
+				tr.ack(f.seq)
+				if win.in(t0) {
+					ackH.Record(time.Since(t0))
+					acked.Add(1)
+				}
+				if s.slots != nil {
+					<-s.slots
+				}
+			}
+		})
 	}
-	senders.Wait()
-	elapsed := min(time.Since(measureFrom), cfg.Duration)
-	// Let deliveries in flight arrive before checking that each acked message came once.
-	settle(pairs, 5*time.Second)
-	stopReaders()
+
+	var writers sync.WaitGroup
+	perSender := cfg.Rate / float64(cfg.Pairs)
+	for i, s := range senders {
+		writers.Go(func() {
+			var interval time.Duration
+			next := start
+			if perSender > 0 {
+				interval = time.Duration(float64(time.Second) / perSender)
+				// Spread the senders' schedules over one interval.
+				next = start.Add(time.Duration(i) * interval / time.Duration(len(senders)))
+			}
+			for runCtx.Err() == nil {
+				t0 := time.Now()
+				if interval > 0 {
+					if wait := time.Until(next); wait > 0 {
+						time.Sleep(wait)
+					}
+					t0 = next // latency counts from the schedule, not from when we got to it
+					next = next.Add(interval)
+				} else {
+					select {
+					case s.slots <- struct{}{}:
+					case <-runCtx.Done():
+						return
+					}
+					t0 = time.Now()
+				}
+				id := uuid.Must(uuid.NewV7()).String()
+				s.mu.Lock()
+				s.t0[id] = t0
+				s.mu.Unlock()
+				if err := s.c.send(id, s.conv, strconv.FormatInt(t0.UnixNano(), 10)); err != nil {
+					errs.Add(1)
+					return
+				}
+			}
+		})
+	}
+	writers.Wait()
+	elapsed := min(time.Since(win.from), cfg.Duration)
+	// Let acks and deliveries in flight arrive before checking that each acked message came
+	// exactly once.
+	settle(trackers, 5*time.Second)
+	for _, c := range conns {
+		c.close()
+	}
 	readers.Wait()
 
 	res := DirectResult{
-		Scenario: "direct", Pairs: cfg.Pairs, InFlight: cfg.InFlight, DurationS: elapsed.Seconds(),
-		Acked: acked.Load(), Delivered: delivered.Load(),
+		Scenario: "direct", Pairs: cfg.Pairs, InFlight: cfg.InFlight, OfferedPerS: cfg.Rate,
+		DurationS: elapsed.Seconds(), Acked: acked.Load(), Delivered: delivered.Load(),
 		SendToAck: ackH.Summary(), SendToDeliver: delH.Summary(), Errors: int(errs.Load()),
+	}
+	if cfg.Rate > 0 {
+		res.Scenario, res.InFlight = "rate", 0
 	}
 	res.AckedPerS = float64(res.Acked) / elapsed.Seconds()
 	res.DeliveredPerS = float64(res.Delivered) / elapsed.Seconds()
-	for _, p := range pairs {
-		p.mu.Lock()
-		for seq := range p.acked {
-			if p.delivered[seq] == 0 {
-				res.Lost++
-			}
-		}
-		for _, n := range p.delivered {
-			if n > 1 {
-				res.Duplicates += n - 1
-			}
-		}
-		p.mu.Unlock()
+	for _, tr := range trackers {
+		l, d := tr.check()
+		res.Lost += l
+		res.Duplicates += d
 	}
 	return res, nil
 }
 
-// settle waits until every acked message has been delivered, or the timeout passes.
-func settle(pairs []*pair, timeout time.Duration) {
+// settle waits until every acked message has been delivered everywhere, or the timeout.
+func settle(trackers []*tracker, timeout time.Duration) {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
 		done := true
-		for _, p := range pairs {
-			p.mu.Lock()
-			for seq := range p.acked {
-				if p.delivered[seq] == 0 {
-					done = false
-					break
-				}
-			}
-			p.mu.Unlock()
-			if !done {
+		for _, tr := range trackers {
+			if l, _ := tr.check(); l > 0 {
+				done = false
 				break
 			}
 		}
@@ -198,55 +316,6 @@ func settle(pairs []*pair, timeout time.Duration) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// drain discards a connection's events (a sender's own messages come back from its acks),
-// so that the SDK's backpressure never stalls it.
-func drain(ctx context.Context, c *client.Conn) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case _, ok := <-c.Events():
-			if !ok {
-				return
-			}
-		}
-	}
-}
-
-// setupPairs creates the accounts and conversations, and connects, before timing starts.
-func setupPairs(ctx context.Context, cfg DirectConfig) ([]*pair, func(), error) {
-	var conns []*client.Conn
-	cleanup := func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}
-	users, err := Accounts(ctx, cfg.URL, cfg.Prefix, 2*cfg.Pairs)
-	if err != nil {
-		return nil, cleanup, err
-	}
-	pairs := make([]*pair, cfg.Pairs)
-	for i := range pairs {
-		s, r := users[2*i], users[2*i+1]
-		conv, _, err := s.CreateDirect(ctx, r.Tokens().UserID)
-		if err != nil {
-			return nil, cleanup, fmt.Errorf("create conversation: %w", err)
-		}
-		sc, err := s.Connect(ctx, client.WithEventBuffer(8192))
-		if err != nil {
-			return nil, cleanup, fmt.Errorf("connect: %w", err)
-		}
-		conns = append(conns, sc)
-		rc, err := r.Connect(ctx, client.WithEventBuffer(8192))
-		if err != nil {
-			return nil, cleanup, fmt.Errorf("connect: %w", err)
-		}
-		conns = append(conns, rc)
-		pairs[i] = &pair{conv: conv.ID, sender: sc, receiver: rc, acked: map[int64]bool{}, delivered: map[int64]int{}}
-	}
-	return pairs, cleanup, nil
 }
 
 // Accounts signs up and logs in n users named prefix-0..n-1, a few at a time, and returns

@@ -1,0 +1,212 @@
+package loadgen
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/parley-chat/parley/protocol"
+)
+
+// GroupConfig is the "group" scenario: Groups groups of Members online members each; in
+// each group Senders members keep InFlight sends outstanding. Every other member's device
+// receives every message: a fan-out of Members-1 deliveries per message.
+type GroupConfig struct {
+	URL       string
+	Groups    int
+	Members   int
+	Senders   int
+	InFlight  int
+	Duration  time.Duration
+	Warmup    time.Duration
+	Prefix    string
+	SourceIPs []string
+}
+
+// GroupResult is what a group run measured.
+type GroupResult struct {
+	Scenario       string  `json:"scenario"`
+	Groups         int     `json:"groups"`
+	Members        int     `json:"members"`
+	Senders        int     `json:"senders"`
+	InFlight       int     `json:"inflight"`
+	DurationS      float64 `json:"duration_s"`
+	Acked          uint64  `json:"acked"`
+	Deliveries     uint64  `json:"deliveries"`
+	AckedPerS      float64 `json:"acked_per_s"`
+	DeliveriesPerS float64 `json:"deliveries_per_s"`
+	SendToAck      Summary `json:"send_to_ack"`
+	FanOut         Summary `json:"send_to_deliver"`
+	Lost           int     `json:"lost"`
+	Duplicates     int     `json:"duplicates"`
+	Errors         int     `json:"errors"`
+}
+
+func (r GroupResult) String() string {
+	return fmt.Sprintf(`group: %d groups of %d online members, %d senders each with %d in flight, %.1fs
+  acked       %9.0f msg/s         (%d)
+  deliveries  %9.0f deliveries/s  (%d)
+  send→ack     %s
+  send→deliver %s
+  lost %d  duplicates %d  errors %d`,
+		r.Groups, r.Members, r.Senders, r.InFlight, r.DurationS, r.AckedPerS, r.Acked, r.DeliveriesPerS, r.Deliveries,
+		r.SendToAck, r.FanOut, r.Lost, r.Duplicates, r.Errors)
+}
+
+// Group runs the group scenario against cfg.URL.
+func Group(ctx context.Context, cfg GroupConfig) (GroupResult, error) {
+	if cfg.Groups <= 0 || cfg.Members < 2 || cfg.Senders <= 0 || cfg.Senders > cfg.Members || cfg.InFlight <= 0 || cfg.Duration <= 0 {
+		return GroupResult{}, errors.New("group: need groups > 0, members >= 2, 0 < senders <= members, inflight > 0, duration > 0")
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = "g" + strconv.FormatInt(time.Now().UnixNano()%1e8, 36)
+	}
+	users, err := Accounts(ctx, cfg.URL, cfg.Prefix, cfg.Groups*cfg.Members)
+	if err != nil {
+		return GroupResult{}, err
+	}
+	d := newDialer(cfg.URL, cfg.SourceIPs)
+	var conns []*lconn
+	defer func() {
+		for _, c := range conns {
+			c.close()
+		}
+	}()
+	type member struct {
+		c  *lconn
+		tr *tracker
+	}
+	var senders []*sender
+	var receivers []member
+	var trackers []*tracker
+	for g := range cfg.Groups {
+		us := users[g*cfg.Members : (g+1)*cfg.Members]
+		ids := make([]string, 0, len(us)-1)
+		for _, u := range us[1:] {
+			ids = append(ids, u.Tokens().UserID)
+		}
+		conv, err := us[0].CreateGroup(ctx, fmt.Sprintf("bench %d", g), ids)
+		if err != nil {
+			return GroupResult{}, fmt.Errorf("create group: %w", err)
+		}
+		// Each message reaches every member but its sender; the tracker counts per seq, so
+		// it expects Members-1 deliveries of each.
+		tr := newTracker(cfg.Members - 1)
+		trackers = append(trackers, tr)
+		for i, u := range us {
+			c, err := d.dial(ctx, u.Tokens().AccessToken)
+			if err != nil {
+				return GroupResult{}, fmt.Errorf("connect: %w", err)
+			}
+			conns = append(conns, c)
+			receivers = append(receivers, member{c, tr})
+			if i < cfg.Senders {
+				senders = append(senders, &sender{c: c, conv: conv.ID, t0: map[string]time.Time{}, slots: make(chan struct{}, cfg.InFlight)})
+			}
+		}
+	}
+
+	var ackH, delH Histogram
+	var acked, delivered atomic.Uint64
+	var errs atomic.Int64
+	start := time.Now()
+	win := window{from: start.Add(cfg.Warmup), to: start.Add(cfg.Warmup + cfg.Duration)}
+	runCtx, stop := context.WithDeadline(ctx, win.to)
+	defer stop()
+	isSender := map[*lconn]*sender{}
+	for _, s := range senders {
+		isSender[s.c] = s
+	}
+
+	// One reader per connection: a sender's connection carries its acks and the other
+	// senders' messages.
+	var readers sync.WaitGroup
+	for _, m := range receivers {
+		s := isSender[m.c]
+		readers.Go(func() {
+			for {
+				p, err := m.c.next()
+				if err != nil {
+					return
+				}
+				f := parse(p)
+				switch f.typ {
+				case protocol.FrameMessage:
+					m.tr.deliver(f.seq)
+					if ns, err := strconv.ParseInt(f.body, 10, 64); err == nil {
+						if t0 := time.Unix(0, ns); win.in(t0) {
+							delH.Record(time.Since(t0))
+							delivered.Add(1)
+						}
+					}
+				case protocol.FrameAck:
+					if s == nil {
+						continue
+					}
+					s.mu.Lock()
+					t0, ok := s.t0[f.id]
+					delete(s.t0, f.id)
+					s.mu.Unlock()
+					if !ok {
+						continue
+					}
+					m.tr.ack(f.seq)
+					if win.in(t0) {
+						ackH.Record(time.Since(t0))
+						acked.Add(1)
+					}
+					<-s.slots
+				case protocol.FrameError:
+					errs.Add(1)
+				}
+			}
+		})
+	}
+	var writers sync.WaitGroup
+	for _, s := range senders {
+		writers.Go(func() {
+			for {
+				select {
+				case s.slots <- struct{}{}:
+				case <-runCtx.Done():
+					return
+				}
+				t0 := time.Now()
+				id := uuid.Must(uuid.NewV7()).String()
+				s.mu.Lock()
+				s.t0[id] = t0
+				s.mu.Unlock()
+				if err := s.c.send(id, s.conv, strconv.FormatInt(t0.UnixNano(), 10)); err != nil {
+					errs.Add(1)
+					return
+				}
+			}
+		})
+	}
+	writers.Wait()
+	elapsed := min(time.Since(win.from), cfg.Duration)
+	settle(trackers, 10*time.Second)
+	for _, c := range conns {
+		c.close()
+	}
+	readers.Wait()
+	res := GroupResult{
+		Scenario: "group", Groups: cfg.Groups, Members: cfg.Members, Senders: cfg.Senders, InFlight: cfg.InFlight,
+		DurationS: elapsed.Seconds(), Acked: acked.Load(), Deliveries: delivered.Load(),
+		SendToAck: ackH.Summary(), FanOut: delH.Summary(), Errors: int(errs.Load()),
+	}
+	res.AckedPerS = float64(res.Acked) / elapsed.Seconds()
+	res.DeliveriesPerS = float64(res.Deliveries) / elapsed.Seconds()
+	for _, tr := range trackers {
+		l, d := tr.check()
+		res.Lost += l
+		res.Duplicates += d
+	}
+	return res, nil
+}

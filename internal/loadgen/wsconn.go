@@ -1,0 +1,182 @@
+package loadgen
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
+)
+
+// lconn is the load generator's own lean WebSocket client: no reconnects, no resume, no
+// per-request bookkeeping, so that at tens of thousands of messages a second the load
+// generator is not what is measured. Correctness of the server under load is checked by
+// the scenarios themselves (every acked message delivered once).
+type lconn struct {
+	nc  net.Conn
+	br  *bufio.Reader
+	wmu sync.Mutex
+	buf []byte // write scratch, under wmu
+}
+
+// dialer makes lean connections for one server, spreading them over source addresses.
+type dialer struct {
+	wsURL   string
+	sources []string
+	n       int
+	mu      sync.Mutex
+}
+
+func newDialer(baseURL string, sources []string) *dialer {
+	return &dialer{wsURL: "ws" + strings.TrimPrefix(baseURL, "http") + "/api/v1/ws", sources: sources}
+}
+
+func (d *dialer) dial(ctx context.Context, token string) (*lconn, error) {
+	wd := ws.Dialer{
+		Timeout: 10 * time.Second,
+		Header:  ws.HandshakeHeaderHTTP(http.Header{"Authorization": {"Bearer " + token}}),
+	}
+	if len(d.sources) > 0 {
+		d.mu.Lock()
+		src := d.sources[d.n%len(d.sources)]
+		d.n++
+		d.mu.Unlock()
+		wd.NetDial = (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 10 * time.Second}).DialContext
+	}
+	nc, br, _, err := wd.Dial(ctx, d.wsURL)
+	if err != nil {
+		return nil, err
+	}
+	if br == nil {
+		br = bufio.NewReaderSize(nc, 4096)
+	}
+	c := &lconn{nc: nc, br: br}
+	// The ready frame.
+	if _, err := c.next(); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("waiting for ready: %w", err)
+	}
+	return c, nil
+}
+
+// write sends one text frame (masked, as a client must).
+func (c *lconn) write(p []byte) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return wsutil.WriteClientText(c.nc, p)
+}
+
+// send writes a send frame with the given id, conversation and body, without encoding JSON.
+func (c *lconn) send(id, conv, body string) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.buf = append(c.buf[:0], `{"type":"send","id":"`...)
+	c.buf = append(c.buf, id...)
+	c.buf = append(c.buf, `","conversation_id":"`...)
+	c.buf = append(c.buf, conv...)
+	c.buf = append(c.buf, `","body":"`...)
+	c.buf = append(c.buf, body...)
+	c.buf = append(c.buf, `"}`...)
+	return wsutil.WriteClientText(c.nc, c.buf)
+}
+
+// next returns the next text frame's payload, answering pings on the way.
+func (c *lconn) next() ([]byte, error) {
+	for {
+		h, err := ws.ReadHeader(c.br)
+		if err != nil {
+			return nil, err
+		}
+		p := make([]byte, h.Length)
+		if _, err := io.ReadFull(c.br, p); err != nil {
+			return nil, err
+		}
+		switch h.OpCode {
+		case ws.OpText:
+			return p, nil
+		case ws.OpPing:
+			c.wmu.Lock()
+			err := ws.WriteFrame(c.nc, ws.MaskFrameInPlace(ws.NewPongFrame(p)))
+			c.wmu.Unlock()
+			if err != nil {
+				return nil, err
+			}
+		case ws.OpClose:
+			return nil, fmt.Errorf("closed by server: %q", p)
+		}
+	}
+}
+
+func (c *lconn) close() { c.nc.Close() }
+
+// frameInfo is what the scenarios need from a server frame, found without a full decode.
+type frameInfo struct {
+	typ  string // "ack", "message", ...
+	id   string
+	conv string
+	seq  int64
+	body string
+}
+
+var (
+	kType = []byte(`"type":"`)
+	kID   = []byte(`"id":"`)
+	kConv = []byte(`"conversation_id":"`)
+	kSeq  = []byte(`"seq":`)
+	kBody = []byte(`"body":"`)
+)
+
+// parse extracts the fields of a server frame. Parley encodes ack and message frames with
+// these keys in a fixed order and no escapes in ids, seqs or the load generator's bodies;
+// anything else falls back to encoding/json.
+func parse(p []byte) frameInfo {
+	var f frameInfo
+	f.typ = str(p, kType)
+	switch f.typ {
+	case "ack", "message":
+		f.id, f.conv, f.body = str(p, kID), str(p, kConv), str(p, kBody)
+		if i := bytes.Index(p, kSeq); i >= 0 {
+			j := i + len(kSeq)
+			k := j
+			for k < len(p) && p[k] >= '0' && p[k] <= '9' {
+				k++
+			}
+			f.seq, _ = strconv.ParseInt(string(p[j:k]), 10, 64)
+		}
+		if f.id != "" && f.seq > 0 {
+			return f
+		}
+	}
+	var full struct {
+		Type           string `json:"type"`
+		ID             string `json:"id"`
+		ConversationID string `json:"conversation_id"`
+		Seq            int64  `json:"seq"`
+		Body           string `json:"body"`
+	}
+	_ = json.Unmarshal(p, &full)
+	return frameInfo{typ: full.Type, id: full.ID, conv: full.ConversationID, seq: full.Seq, body: full.Body}
+}
+
+func str(p, key []byte) string {
+	i := bytes.Index(p, key)
+	if i < 0 {
+		return ""
+	}
+	j := i + len(key)
+	k := bytes.IndexByte(p[j:], '"')
+	if k < 0 {
+		return ""
+	}
+	return string(p[j : j+k])
+}
