@@ -53,7 +53,7 @@ type result struct {
 // draining, and the id makes the resend safe. Everything else (bad_request, forbidden,
 // not_found, too_large, rate_limited, …) is returned to the caller.
 func retryable(code string) bool {
-	return code == protocol.CodeInternal || code == protocol.CodeUnavailable
+	return code == protocol.CodeInternal || code == protocol.CodeUnavailable || code == protocol.CodeRateLimited
 }
 
 // Send sends a text message with a new random id and waits for its ack; see SendID.
@@ -63,7 +63,7 @@ func (c *Conn) Send(ctx context.Context, conversationID, body string, opts ...Se
 
 // SendID sends a text message with the caller's id (a UUID) and waits for its ack. Until the
 // ack, the frame is resent with the same id after every reconnect and after a retryable
-// error frame (internal, unavailable), so the message is stored once however often it is
+// error frame (internal, unavailable, rate_limited), so the message is stored once however often it is
 // sent. It returns an *APIError for any other error frame with its id, ctx's error, or
 // ErrClosed. A rate_limited error without an id (the server rejects over-rate frames
 // before reading them) cannot be matched, so unanswered requests are resent a second

@@ -168,11 +168,11 @@ func (a *API) AuthenticateWS(r *http.Request) (string, string, error) {
 	if t := r.URL.Query().Get("ticket"); t != "" {
 		v, ok, err := a.soft.TakeToken(r.Context(), ticketKey(t), a.now().UnixMilli())
 		if err != nil {
-			return "", "", fmt.Errorf("redeem ticket: %w", err)
+			return "", "", fmt.Errorf("redeem ticket: %w", err) // internal: the gateway says 503
 		}
 		userID, deviceID, _ := strings.Cut(v, " ")
 		if !ok || deviceID == "" {
-			return "", "", errors.New("invalid, used or expired ticket")
+			return "", "", chat.Errorf(protocol.CodeUnauthorized, "invalid, used or expired ticket")
 		}
 		c, err := a.checkDevice(r.Context(), userID, deviceID)
 		if err != nil {
@@ -182,8 +182,7 @@ func (a *API) AuthenticateWS(r *http.Request) (string, string, error) {
 	}
 	c, err := a.authenticate(r.Context(), r.Header.Get("Authorization"))
 	if err != nil {
-		_, msg := chat.Code(err)
-		return "", "", errors.New(msg)
+		return "", "", err
 	}
 	return c.userID, c.deviceID, nil
 }
@@ -356,11 +355,11 @@ func (a *API) logout(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	a.pres.Gone(r.Context(), c.userID, c.deviceID)
 	if err := a.chat.DisconnectDevice(c.userID, c.deviceID); err != nil {
 		// The device is logged out regardless: its next request or reconnect is refused.
 		a.log.Warn("disconnect logged-out device", "request_id", requestID(r.Context()), "err", err)
 	}
+	a.pres.Gone(r.Context(), c.userID, c.deviceID)
 	w.WriteHeader(http.StatusNoContent)
 }
 

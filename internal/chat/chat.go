@@ -106,10 +106,8 @@ type memberOp struct {
 }
 
 type memberResult struct {
-	msg      protocol.Message
-	notify   []string // old and new members: who hears of the change
-	err      error
-	cacheBad bool
+	msg protocol.Message
+	err error
 }
 
 // Result answers a Submit.
@@ -262,8 +260,14 @@ func (s *Service) validate(ctx context.Context, ev *Event) error {
 		if ev.ReplyTo < 0 {
 			return Errorf(protocol.CodeBadRequest, "reply_to must be a seq of this conversation")
 		}
-		if len(ev.Attachments) > 0 && !json.Valid(ev.Attachments) {
-			return Errorf(protocol.CodeBadRequest, "attachments must be JSON")
+		if string(ev.Attachments) == "null" {
+			ev.Attachments = nil
+		}
+		if len(ev.Attachments) > 0 && (!json.Valid(ev.Attachments) || ev.Attachments[0] != '[') {
+			return Errorf(protocol.CodeBadRequest, "attachments must be a JSON array")
+		}
+		if ev.Body == "" && len(ev.Attachments) == 0 {
+			return Errorf(protocol.CodeBadRequest, "body is empty")
 		}
 		return s.checkBody(ev.Body)
 	case protocol.KindEdit:
@@ -475,7 +479,9 @@ func (s *Service) publishTo(users []string, env []byte) {
 	}
 }
 
-// memberIDs returns a conversation's members from the cache, loading it on a miss.
+// memberIDs returns a conversation's members from the cache, loading it on a miss. Only the
+// sequencer calls it: it fills the cache, and no membership change can come between its
+// store read and its put. Other goroutines use peekMembers.
 func (s *Service) memberIDs(conversationID string) ([]string, error) {
 	if ids, ok := s.members.get(conversationID); ok {
 		return ids, nil
@@ -499,4 +505,14 @@ func clip(s string) string {
 		return s[:64] + "…"
 	}
 	return s
+}
+
+// peekMembers returns a conversation's members from the cache, or from the store without
+// caching them: a list read off the sequencer could be overtaken by a membership change
+// and must not outlive the call.
+func (s *Service) peekMembers(conversationID string) ([]string, error) {
+	if ids, ok := s.members.get(conversationID); ok {
+		return ids, nil
+	}
+	return s.st.MemberIDs(context.Background(), conversationID)
 }

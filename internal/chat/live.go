@@ -126,7 +126,7 @@ func (s *Service) publishReceipt(o *receiptOp, seq int64) {
 	if err != nil {
 		return
 	}
-	members, err := s.memberIDs(o.up.ConversationID)
+	members, err := s.peekMembers(o.up.ConversationID)
 	if err != nil {
 		s.log.Warn("member list for receipt", "conversation", o.up.ConversationID, "err", err)
 		return
@@ -162,19 +162,18 @@ type typing struct {
 type typingKey struct{ user, conv string }
 
 type typingState struct {
-	expires  int64 // unix ms
-	relayed  int64 // unix ms of the last relayed "start"
-	deviceID string
+	expires int64 // unix ms
+	relayed int64 // unix ms of the last relayed "start"
 }
 
 // Typing relays a typing indicator to the other members' online devices. It is never stored.
 // A "start" repeated within TypingRefresh is dropped (floods are throttled); an indicator
 // not refreshed within TypingTTL ends by itself: the server relays the "stop".
-func (s *Service) Typing(ctx context.Context, userID, deviceID, conversationID, state string) error {
+func (s *Service) Typing(userID, conversationID, state string) error {
 	if state != "start" && state != "stop" {
 		return Errorf(protocol.CodeBadRequest, `state must be "start" or "stop"`)
 	}
-	members, err := s.memberIDs(conversationID)
+	members, err := s.peekMembers(conversationID)
 	if err != nil || !contains(members, userID) {
 		return Errorf(protocol.CodeForbidden, "not a member of conversation %s", clip(conversationID))
 	}
@@ -190,7 +189,7 @@ func (s *Service) Typing(ctx context.Context, userID, deviceID, conversationID, 
 		delete(t.active, k)
 	case !active || now-cur.relayed >= t.refresh.Milliseconds():
 		relay = true
-		t.active[k] = typingState{expires: now + t.ttl.Milliseconds(), relayed: now, deviceID: deviceID}
+		t.active[k] = typingState{expires: now + t.ttl.Milliseconds(), relayed: now}
 	default:
 		cur.expires = now + t.ttl.Milliseconds() // a refresh keeps it alive without a frame
 		t.active[k] = cur
@@ -234,7 +233,7 @@ func (s *Service) expireTyping() {
 	}
 	t.mu.Unlock()
 	for _, k := range ended {
-		if members, err := s.memberIDs(k.conv); err == nil {
+		if members, err := s.peekMembers(k.conv); err == nil {
 			s.publishTyping(k.user, k.conv, "stop", members)
 		}
 	}

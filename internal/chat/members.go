@@ -139,6 +139,9 @@ func (s *Service) CreateGroup(ctx context.Context, creatorID, name string, membe
 	if err := ValidateGroupName(name); err != nil {
 		return protocol.Conversation{}, err
 	}
+	if len(memberIDs) > 4*s.cfg.MaxGroupMembers { // before dedupe: bound the work
+		return protocol.Conversation{}, Errorf(protocol.CodeTooLarge, "a group has at most %d members, %d were asked for", s.cfg.MaxGroupMembers, len(memberIDs))
+	}
 	ids := dedupe(append([]string{creatorID}, memberIDs...))
 	if len(ids) > s.cfg.MaxGroupMembers {
 		return protocol.Conversation{}, Errorf(protocol.CodeTooLarge, "a group has at most %d members, %d were asked for", s.cfg.MaxGroupMembers, len(ids))
@@ -186,6 +189,9 @@ func (s *Service) AddMembers(ctx context.Context, actorID, conversationID string
 	ids := dedupe(userIDs)
 	if len(ids) == 0 {
 		return protocol.Message{}, Errorf(protocol.CodeBadRequest, "user_ids is empty")
+	}
+	if len(ids) > s.cfg.MaxGroupMembers {
+		return protocol.Message{}, Errorf(protocol.CodeTooLarge, "a group has at most %d members, %d were given to add", s.cfg.MaxGroupMembers, len(ids))
 	}
 	if err := s.usersExist(ctx, ids); err != nil {
 		return protocol.Message{}, err

@@ -30,7 +30,11 @@ type Conn struct {
 	deviceID string
 	lastRead atomic.Int64 // unix ms when bytes last arrived
 
-	// Reader state: touched only by the single goroutine handling a readiness event.
+	// Reader state: touched only by the single goroutine handling a readiness event. rmu
+	// is never contended (the poller reports a connection again only after rearm); it
+	// orders the reader state between successive reading goroutines for the Go memory
+	// model, which does not see the kernel's ordering of epoll_ctl and epoll_wait.
+	rmu     sync.Mutex
 	in      []byte // bytes of a frame not yet complete; nil when none
 	discard int64  // payload bytes still to skip of a frame that was too large
 	msg     []byte // a fragmented message so far; nil when none
@@ -45,6 +49,7 @@ type Conn struct {
 	queue   [][]byte // complete frames waiting for the writer
 	queued  int      // bytes in queue and in the writer's hands
 	writing bool     // a writer goroutine is running
+	cutting bool     // a cut was started for a full queue
 	closed  bool
 }
 
@@ -66,6 +71,8 @@ var readBufPool = sync.Pool{New: func() any { b := make([]byte, 16<<10); return 
 // readReady reads what the socket has, handles every complete frame, keeps a partial one,
 // and re-arms the poller.
 func (c *Conn) readReady() {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
 	bp := readBufPool.Get().(*[]byte)
 	n, err := c.readSome(*bp)
 	if err == nil && n > 0 {
@@ -232,7 +239,7 @@ func (c *Conn) handleMessage(p []byte) error {
 			}
 		})
 	case protocol.FrameTyping:
-		if err := c.g.chat.Typing(ctx, c.userID, c.deviceID, f.ConversationID, f.State); err != nil {
+		if err := c.g.chat.Typing(c.userID, f.ConversationID, f.State); err != nil {
 			return c.failErr(f.ID, err)
 		}
 	case protocol.FramePing:
@@ -253,7 +260,8 @@ var kinds = map[string]string{
 	protocol.FrameReact:  protocol.KindReaction,
 }
 
-// answer sends the ack or the error for a submitted event. It runs on the chat sequencer.
+// answer sends the ack or the error for a submitted event. It runs on chat's publisher
+// goroutine, so it must not block: it only enqueues.
 func (c *Conn) answer(id string, r chat.Result) {
 	if r.Err != nil {
 		code, msg := chat.Code(r.Err)
@@ -311,8 +319,12 @@ func (c *Conn) enqueue(f []byte) bool {
 		return false
 	}
 	if c.queued+len(f) > c.g.cfg.SendQueueBytes {
+		start := !c.cutting
+		c.cutting = true
 		c.mu.Unlock()
-		go c.cut("too slow: send queue full, reconnect and sync")
+		if start {
+			go c.cut("too slow: send queue full, reconnect and sync")
+		}
 		return false
 	}
 	c.queue = append(c.queue, f)

@@ -119,10 +119,6 @@ type userConns struct {
 
 // New builds a gateway and starts its poller and heartbeat sweeper.
 func New(cfg Config, c *chat.Service, b bus.Bus, auth Authenticator, pres Presence, log *slog.Logger) (*Gateway, error) {
-	p, err := newPoller()
-	if err != nil {
-		return nil, err
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	g := &Gateway{
 		cfg:     cfg.withDefaults(),
@@ -131,7 +127,6 @@ func New(cfg Config, c *chat.Service, b bus.Bus, auth Authenticator, pres Presen
 		auth:    auth,
 		pres:    pres,
 		log:     log,
-		poll:    p,
 		ctx:     ctx,
 		cancel:  cancel,
 		users:   make(map[string]*userConns),
@@ -140,6 +135,14 @@ func New(cfg Config, c *chat.Service, b bus.Bus, auth Authenticator, pres Presen
 		stopped: make(chan struct{}),
 		ping:    frame.Build(frame.OpPing, nil),
 	}
+	p, err := newPoller(func(err error) {
+		log.Error("epoll loop stopped: connections are no longer read", "err", err)
+	})
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	g.poll = p
 	go g.sweep()
 	return g, nil
 }
@@ -164,7 +167,19 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	userID, deviceID, err := g.auth.AuthenticateWS(r)
 	if err != nil {
-		httpError(w, http.StatusUnauthorized, protocol.CodeUnauthorized, err.Error())
+		code, msg := chat.Code(err)
+		status := http.StatusUnauthorized
+		switch code {
+		case protocol.CodeUnauthorized:
+		case protocol.CodeInternal, protocol.CodeUnavailable:
+			// Not the client's fault: it must retry, not give up on its credentials.
+			g.log.Error("websocket authentication", "err", err)
+			status, code, msg = http.StatusServiceUnavailable, protocol.CodeUnavailable, "cannot check credentials now; retry"
+			w.Header().Set("Retry-After", "1")
+		default:
+			code = protocol.CodeUnauthorized
+		}
+		httpError(w, status, code, msg)
 		return
 	}
 	nc, rw, _, err := ws.UpgradeHTTP(r, w)
@@ -188,19 +203,20 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	c := &Conn{g: g, id: g.nextID.Add(1), nc: nc, rc: rc, userID: userID, deviceID: deviceID}
 	c.lastRead.Store(time.Now().UnixMilli())
-	c.lastBeat = c.lastRead.Load()
-	g.pres.Heartbeat(g.ctx, userID, deviceID)
 	c.tokens = float64(2 * g.cfg.FramesPerSecond)
 	c.tokenTS = time.Now().UnixMicro()
+	c.lastBeat = c.lastRead.Load()
+	// ready goes first, before the connection is visible to deliveries.
+	c.enqueue(frame.MustJSON(protocol.ReadyFrame{
+		Type: protocol.FrameReady, UserID: userID, DeviceID: deviceID,
+		HeartbeatMS: g.cfg.Heartbeat.Milliseconds(),
+	}))
 	if err := g.register(c); err != nil {
 		g.log.Warn("register connection", "user", userID, "err", err)
 		c.close(ws.StatusInternalServerError, "server busy")
 		return
 	}
-	c.enqueue(frame.MustJSON(protocol.ReadyFrame{
-		Type: protocol.FrameReady, UserID: userID, DeviceID: deviceID,
-		HeartbeatMS: g.cfg.Heartbeat.Milliseconds(),
-	}))
+	g.pres.Heartbeat(g.ctx, userID, deviceID)
 	// Bytes the client sent right behind its handshake are already in the handshake's
 	// reader, where the poller cannot see them: handle them here first.
 	if rw != nil && rw.Reader.Buffered() > 0 {
@@ -220,6 +236,16 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // register adds c to its user's connections, subscribing to the user's events on the first.
 func (g *Gateway) register(c *Conn) error {
+	flush := false
+	defer func() {
+		// With an external NATS, a subscription takes effect once the server has it: wait
+		// for that, so that no event published after the client's next sync is missed.
+		if flush {
+			ctx, cancel := context.WithTimeout(g.ctx, 5*time.Second)
+			_ = g.bus.Flush(ctx)
+			cancel()
+		}
+	}()
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.draining {
@@ -233,6 +259,7 @@ func (g *Gateway) register(c *Conn) error {
 		}
 		u = &userConns{sub: sub}
 		g.users[c.userID] = u
+		flush = true
 	}
 	u.conns = append(u.conns, c)
 	g.conns[c.id] = c
@@ -367,7 +394,11 @@ wait:
 		}
 	}
 	for _, c := range conns {
-		c.close(ws.StatusGoingAway, "server shutting down")
+		if ctx.Err() != nil {
+			c.cut("server shutting down") // out of time: do not wait on full sockets
+		} else {
+			c.close(ws.StatusGoingAway, "server shutting down")
+		}
 	}
 	close(g.stop)
 	<-g.stopped

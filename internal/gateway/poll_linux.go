@@ -20,6 +20,7 @@ import (
 // was already returned for a socket closed meanwhile (whose fd number the kernel may have
 // handed to a new connection) finds no connection instead of the wrong one.
 type epoll struct {
+	fail   func(error) // told if the loop stops on an error
 	fd     int
 	mu     sync.RWMutex
 	conns  map[uint64]*Conn
@@ -29,12 +30,12 @@ type epoll struct {
 
 const epollEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
 
-func newPoller() (poller, error) {
+func newPoller(fail func(error)) (poller, error) {
 	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("epoll_create1: %w", err)
 	}
-	p := &epoll{fd: fd, conns: make(map[uint64]*Conn), done: make(chan struct{})}
+	p := &epoll{fail: fail, fd: fd, conns: make(map[uint64]*Conn), done: make(chan struct{})}
 	go p.run()
 	return p, nil
 }
@@ -84,6 +85,7 @@ func (p *epoll) run() {
 			if errors.Is(err, unix.EINTR) {
 				continue
 			}
+			p.fail(err)
 			return
 		}
 		for i := range n {

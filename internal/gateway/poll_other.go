@@ -12,7 +12,7 @@ type goroutinePoller struct {
 	resume map[uint64]chan struct{}
 }
 
-func newPoller() (poller, error) {
+func newPoller(func(error)) (poller, error) {
 	return &goroutinePoller{resume: make(map[uint64]chan struct{})}, nil
 }
 

@@ -1,7 +1,8 @@
 // Package presence tells users which of their peers are online. Presence is soft state (see
 // package state): a device is online while it has heartbeated within the TTL, a user while
-// any device is. Changes are announced only to the user's presence peers (contacts and
-// direct-conversation partners, see store.PresencePeers) and only to their online devices,
+// any device is. Changes are announced only to the user's audience (the contacts the user
+// listed, and direct-conversation partners, see store.PresenceAudience) and only to their
+// online devices,
 // because they go through the bus to user subjects that only connected users subscribe to.
 //
 // Going offline waits for the TTL: a connection that drops and comes back within it (a
@@ -102,11 +103,11 @@ func (s *Service) Gone(ctx context.Context, userID, deviceID string) {
 	}
 }
 
-// Lookup returns the presence of the users in ids that viewer may see (itself and its
-// peers), in the order asked. Others are left out: a non-peer learns nothing, not even
+// Lookup returns the presence of the users in ids that viewer may see (itself, users who
+// list viewer as a contact, direct partners), in the order asked. Others are left out: a non-peer learns nothing, not even
 // whether the user exists.
 func (s *Service) Lookup(ctx context.Context, viewer string, ids []string) ([]protocol.Presence, error) {
-	peers, err := s.store.PresencePeers(ctx, viewer)
+	peers, err := s.store.PresenceVisible(ctx, viewer)
 	if err != nil {
 		return nil, err
 	}
@@ -136,9 +137,9 @@ func status(online bool) string {
 
 // announce publishes a presence frame to every peer of userID.
 func (s *Service) announce(ctx context.Context, userID, st string, lastSeen int64) {
-	peers, err := s.store.PresencePeers(ctx, userID)
+	peers, err := s.store.PresenceAudience(ctx, userID)
 	if err != nil {
-		s.log.Warn("presence peers", "user", userID, "err", err)
+		s.log.Warn("presence audience", "user", userID, "err", err)
 		return
 	}
 	if len(peers) == 0 {

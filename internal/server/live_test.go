@@ -142,6 +142,8 @@ func TestEditDeleteReact(t *testing.T) {
 		{"react without emoji", a, protocol.ClientFrame{Type: "react", ConversationID: g.ID, TargetSeq: second.Seq}, protocol.CodeBadRequest},
 		{"admin deletes bob's reply", a, protocol.ClientFrame{Type: "delete", ConversationID: g.ID, TargetSeq: replyAck.Seq}, ""},
 		{"edit of a deleted message", b, protocol.ClientFrame{Type: "edit", ConversationID: g.ID, TargetSeq: replyAck.Seq, Body: "x"}, protocol.CodeNotFound},
+		{"reply to a seq not yet there", b, protocol.ClientFrame{Type: "send", ConversationID: g.ID, Body: "re", ReplyTo: 999}, protocol.CodeNotFound},
+		{"attachments not an array", b, protocol.ClientFrame{Type: "send", ConversationID: g.ID, Body: "x", Attachments: []byte(`{"a":1}`)}, protocol.CodeBadRequest},
 	}
 	for _, tt := range frames {
 		tt.f.ID = uuid.NewString()

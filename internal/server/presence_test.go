@@ -23,7 +23,12 @@ func TestPresence(t *testing.T) {
 		c.Presence.Sweep = 100 * time.Millisecond
 	})
 	alice, bob, carol, dave := ts.signup("alice"), ts.signup("bob"), ts.signup("carol"), ts.signup("dave")
-	if code := ts.call("PUT", "/api/v1/contacts/"+alice.UserID, bob.AccessToken, nil, nil); code != http.StatusNoContent {
+	// Alice lists bob: she lets him see her. Carol lists alice, which lets alice see carol,
+	// not carol see alice.
+	if code := ts.call("PUT", "/api/v1/contacts/"+bob.UserID, alice.AccessToken, nil, nil); code != http.StatusNoContent {
+		t.Fatalf("contact: %d", code)
+	}
+	if code := ts.call("PUT", "/api/v1/contacts/"+alice.UserID, carol.AccessToken, nil, nil); code != http.StatusNoContent {
 		t.Fatalf("contact: %d", code)
 	}
 	ts.direct(dave, alice) // a direct partner sees presence too

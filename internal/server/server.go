@@ -249,17 +249,25 @@ func (s *Server) shutdown() error {
 // directory so that tokens survive restarts.
 func loadKey(path string) ([]byte, error) {
 	key, err := os.ReadFile(path)
-	if err == nil && len(key) >= 32 {
+	switch {
+	case err == nil && len(key) >= 32:
 		return key, nil
-	}
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
+	case err == nil:
+		// Replacing it would log every device out: a person must look at this.
+		return nil, fmt.Errorf("signing key %s is %d bytes, want 32; restore it or delete it to log every device out", path, len(key))
+	case !errors.Is(err, os.ErrNotExist):
 		return nil, fmt.Errorf("read signing key: %w", err)
 	}
 	key = make([]byte, 32)
 	if _, err := rand.Read(key); err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(path, key, 0o600); err != nil {
+	// Written whole or not at all: a crash must not leave a short key behind.
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, key, 0o600); err != nil {
+		return nil, fmt.Errorf("write signing key: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
 		return nil, fmt.Errorf("write signing key: %w", err)
 	}
 	return key, nil

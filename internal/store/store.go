@@ -91,11 +91,15 @@ type Contacts interface {
 	DeleteContact(ctx context.Context, userID, contactID string) error
 	// ContactsOf returns userID's contacts ordered by username.
 	ContactsOf(ctx context.Context, userID string) ([]protocol.User, error)
-	// PresencePeers returns the users connected to userID for presence, each once, in no
-	// particular order: those userID lists as contacts, those who list userID, and userID's
-	// direct-conversation partners. The relation is symmetric: they see userID's presence,
-	// and userID sees theirs.
-	PresencePeers(ctx context.Context, userID string) ([]string, error)
+	// PresenceAudience returns the users who may see userID's presence, each once, in no
+	// particular order: the contacts userID listed (listing someone is consenting to be seen
+	// by them) and userID's direct-conversation partners.
+	PresenceAudience(ctx context.Context, userID string) ([]string, error)
+	// PresenceVisible returns the users whose presence viewerID may see: those who list
+	// viewerID as a contact, and viewerID's direct-conversation partners. It is the inverse
+	// of PresenceAudience: v is in PresenceVisible(u) exactly when u is in
+	// PresenceAudience(v).
+	PresenceVisible(ctx context.Context, viewerID string) ([]string, error)
 }
 
 // MemberChange is what a MembershipFunc decides to do to a conversation. The store applies it
@@ -170,7 +174,8 @@ type AppendResult struct {
 	Message   protocol.Message
 	Duplicate bool
 	// Err is per request: ErrNotMember if the sender is not a member when the batch commits,
-	// ErrNotFound if an edit, delete or reaction has no valid target. A failed request takes
+	// ErrNotFound if an edit, delete or reaction has no valid target, or a reply_to is beyond
+	// the conversation's last seq. A failed request takes
 	// no seq.
 	Err error
 }

@@ -152,6 +152,10 @@ func (b *batch) append(r store.AppendRequest) (store.AppendResult, error) {
 	if err != nil {
 		return store.AppendResult{}, err
 	}
+	if r.ReplyTo > h.lastSeq {
+		return store.AppendResult{Err: fmt.Errorf("sqlite: append: reply to %d in conversation %q, whose last seq is %d: %w",
+			r.ReplyTo, r.ConversationID, h.lastSeq, store.ErrNotFound)}, nil
+	}
 	if r.Kind != protocol.KindText {
 		ok, err := b.validTarget(r.ConversationID, r.TargetSeq)
 		if err != nil {

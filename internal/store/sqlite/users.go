@@ -340,16 +340,24 @@ func (s *Store) ContactsOf(ctx context.Context, userID string) ([]protocol.User,
 	return us, wrap(op, err)
 }
 
-// PresencePeers implements store.Contacts.
-func (s *Store) PresencePeers(ctx context.Context, userID string) ([]string, error) {
-	const op = "presence peers"
+// PresenceAudience implements store.Contacts.
+func (s *Store) PresenceAudience(ctx context.Context, userID string) ([]string, error) {
+	return s.presence(ctx, "presence audience", `SELECT contact_id FROM contacts WHERE user_id = ?1`, userID)
+}
+
+// PresenceVisible implements store.Contacts.
+func (s *Store) PresenceVisible(ctx context.Context, viewerID string) ([]string, error) {
+	return s.presence(ctx, "presence visible", `SELECT user_id FROM contacts WHERE contact_id = ?1`, viewerID)
+}
+
+// presence returns the users of contactsQuery (with ?1 the user) and the user's direct
+// partners, each once.
+func (s *Store) presence(ctx context.Context, op, contactsQuery, userID string) ([]string, error) {
 	if err := s.enter(op); err != nil {
 		return nil, err
 	}
 	defer s.leave()
-	rows, err := s.reader.QueryContext(ctx, `
-		SELECT contact_id FROM contacts WHERE user_id = ?1
-		UNION SELECT user_id FROM contacts WHERE contact_id = ?1
+	rows, err := s.reader.QueryContext(ctx, contactsQuery+`
 		UNION SELECT other.user_id FROM members me
 			JOIN conversations c ON c.id = me.conversation_id AND c.type = 'direct'
 			JOIN members other ON other.conversation_id = c.id AND other.user_id != me.user_id

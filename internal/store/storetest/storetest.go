@@ -1344,7 +1344,7 @@ func testClose(t *testing.T, s store.Store) {
 		{"SearchUsers", func() error { _, err := s.SearchUsers(ctx, "", 10); return err }},
 		{"Device", func() error { _, err := s.Device(ctx, "x"); return err }},
 		{"ContactsOf", func() error { _, err := s.ContactsOf(ctx, "a"); return err }},
-		{"PresencePeers", func() error { _, err := s.PresencePeers(ctx, "a"); return err }},
+		{"PresenceAudience", func() error { _, err := s.PresenceAudience(ctx, "a"); return err }},
 		{"SetCursors", func() error { _, err := s.SetCursors(ctx, nil); return err }},
 		{"CreateDirect", func() error { _, _, err := s.CreateDirect(ctx, "d2", "a", "b", ts0); return err }},
 		{"Conversation", func() error { _, err := s.Conversation(ctx, "d1", "a"); return err }},
@@ -1502,26 +1502,35 @@ func testPresencePeers(t *testing.T, s store.Store) {
 			t.Fatal(err)
 		}
 	}
-	must(s.PutContact(ctx, "a", "b", ts0)) // a lists b
-	must(s.PutContact(ctx, "c", "a", ts0)) // c lists a
+	must(s.PutContact(ctx, "a", "b", ts0)) // a lets b see her
+	must(s.PutContact(ctx, "c", "a", ts0)) // c lets a see him
 	must(s.PutContact(ctx, "b", "a", ts0)) // mutual with a: b once
-	mkDirect(t, s, "d1", "a", "d")         // direct partner
+	mkDirect(t, s, "d1", "a", "d")         // direct partners see each other
 	mkGroup(t, s, "g1", "a", "e")          // a group is not enough
-	peers := func(u string) []string {
-		ps, err := s.PresencePeers(ctx, u)
+	sorted := func(name, u string, f func(context.Context, string) ([]string, error)) []string {
+		ps, err := f(ctx, u)
 		if err != nil {
-			t.Fatalf("PresencePeers(%s): %v", u, err)
+			t.Fatalf("%s(%s): %v", name, u, err)
 		}
 		slices.Sort(ps)
 		return ps
 	}
-	if got := peers("a"); !slices.Equal(got, []string{"b", "c", "d"}) {
-		t.Fatalf("PresencePeers(a) = %v, want [b c d]", got)
+	cases := []struct {
+		name, user string
+		f          func(context.Context, string) ([]string, error)
+		want       []string
+	}{
+		{"PresenceAudience", "a", s.PresenceAudience, []string{"b", "d"}},
+		{"PresenceVisible", "a", s.PresenceVisible, []string{"b", "c", "d"}},
+		{"PresenceAudience", "c", s.PresenceAudience, []string{"a"}},
+		{"PresenceVisible", "c", s.PresenceVisible, nil},
+		{"PresenceAudience", "d", s.PresenceAudience, []string{"a"}},
+		{"PresenceAudience", "f", s.PresenceAudience, nil},
+		{"PresenceVisible", "f", s.PresenceVisible, nil},
 	}
-	if got := peers("d"); !slices.Equal(got, []string{"a"}) {
-		t.Fatalf("PresencePeers(d) = %v, want [a]", got)
-	}
-	if got := peers("f"); len(got) != 0 {
-		t.Fatalf("PresencePeers(f) = %v, want none", got)
+	for _, c := range cases {
+		if got := sorted(c.name, c.user, c.f); !slices.Equal(got, c.want) {
+			t.Errorf("%s(%s) = %v, want %v", c.name, c.user, got, c.want)
+		}
 	}
 }
