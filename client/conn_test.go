@@ -540,10 +540,9 @@ func TestSendErrorFrames(t *testing.T) {
 			wantSeen: 1,
 		},
 		{
-			name:     "rate limited returned",
+			name:     "rate limited retried with the same id",
 			codes:    []string{protocol.CodeRateLimited},
-			wantCode: protocol.CodeRateLimited,
-			wantSeen: 1,
+			wantSeen: 2,
 		},
 		{
 			name:     "internal retried with the same id",
