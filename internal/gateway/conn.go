@@ -351,8 +351,18 @@ func (c *Conn) flush() {
 		}
 		c.mu.Unlock()
 		_ = c.nc.SetWriteDeadline(time.Now().Add(c.g.cfg.WriteTimeout))
-		bufs := net.Buffers(q)
-		n, err := bufs.WriteTo(c.nc)
+		var n int64
+		var err error
+		if len(q) == 1 {
+			// A plain write: writev would make the fd keep an iovec array for good, which
+			// an idle connection (ready, pings) should not carry.
+			var m int
+			m, err = c.nc.Write(q[0])
+			n = int64(m)
+		} else {
+			bufs := net.Buffers(q)
+			n, err = bufs.WriteTo(c.nc)
+		}
 		c.mu.Lock()
 		c.queued -= int(n)
 		if err != nil {

@@ -62,7 +62,9 @@ func Idle(ctx context.Context, cfg IdleConfig) (IdleResult, error) {
 		return IdleResult{}, err
 	}
 	res := IdleResult{Scenario: "idle", Conns: cfg.Conns}
-	time.Sleep(2 * time.Second) // let the server settle after account creation
+	// Let the server settle after account creation: its sweeper returns free heap to the
+	// OS every half heartbeat (5 s by default).
+	time.Sleep(7 * time.Second)
 	res.ServerRSSBeforeKB = rssKiB(cfg.ServerPID)
 
 	wsURL := "ws" + strings.TrimPrefix(cfg.URL, "http") + "/api/v1/ws"
