@@ -327,15 +327,32 @@ func (g *Gateway) deliver(subject string, data []byte) {
 	}
 }
 
-// trimHeap returns free heap memory to the OS when there is much of it. A burst of
-// connections leaves its handshakes' garbage (net/http's buffers, about 10 KiB each) in the
-// heap, which the runtime keeps as headroom and returns only slowly; a server holding tens
-// of thousands of idle connections in a few KiB each should not sit on it. Reading the
-// metrics does not stop the world; the trim is one full collection, at most once a sweep.
-func trimHeap() {
-	s := []metrics.Sample{{Name: "/memory/classes/heap/free:bytes"}, {Name: "/memory/classes/heap/objects:bytes"}}
-	metrics.Read(s)
-	if free, live := s[0].Value.Uint64(), s[1].Value.Uint64(); free > 16<<20 && free > live/4 {
+// heapTrimmer returns free heap memory to the OS when there is much of it and the server is
+// quiet. A burst of connections leaves its handshakes' garbage (net/http's buffers, about
+// 10 KiB each) in the heap, which the runtime keeps as headroom and returns only slowly; a
+// server holding tens of thousands of idle connections in a few KiB each should not sit on
+// it. Under load the headroom is in use, and trimming would only make the heap grow back
+// page by page, so a busy server (allocating more than 1 MiB/s) is left alone. Reading the
+// metrics does not stop the world; a trim is one full collection.
+type heapTrimmer struct {
+	samples []metrics.Sample
+	allocs  uint64 // bytes allocated as of the last check
+}
+
+func newHeapTrimmer() *heapTrimmer {
+	return &heapTrimmer{samples: []metrics.Sample{
+		{Name: "/memory/classes/heap/free:bytes"},
+		{Name: "/memory/classes/heap/objects:bytes"},
+		{Name: "/gc/heap/allocs:bytes"},
+	}}
+}
+
+func (h *heapTrimmer) check(interval time.Duration) {
+	metrics.Read(h.samples)
+	free, live, allocs := h.samples[0].Value.Uint64(), h.samples[1].Value.Uint64(), h.samples[2].Value.Uint64()
+	rate := float64(allocs-h.allocs) / interval.Seconds()
+	h.allocs = allocs
+	if free > 16<<20 && free > live/4 && rate < 1<<20 {
 		debug.FreeOSMemory()
 	}
 }
@@ -347,13 +364,14 @@ func (g *Gateway) sweep() {
 	t := time.NewTicker(g.cfg.Heartbeat / 2)
 	defer t.Stop()
 	var conns []*Conn
+	trim := newHeapTrimmer()
 	for {
 		select {
 		case <-g.stop:
 			return
 		case <-t.C:
 		}
-		trimHeap()
+		trim.check(g.cfg.Heartbeat / 2)
 		now := time.Now().UnixMilli()
 		hb := g.cfg.Heartbeat.Milliseconds()
 		conns = g.snapshot(conns[:0])

@@ -115,9 +115,9 @@ func TestMigrationsIncremental(t *testing.T) {
 		wantErr bool
 	}{
 		{"initial", nil, len(base), false},
-		{"add 0002", map[string]string{"migrations/0002_extra.sql": `CREATE TABLE extra (x INTEGER);`}, 1, false},
+		{"add 9002", map[string]string{"migrations/9002_extra.sql": `CREATE TABLE extra (x INTEGER);`}, 1, false},
 		{"nothing new", nil, 0, false},
-		{"failing 0003", map[string]string{"migrations/0003_bad.sql": `CREATE TABLE extra2 (x INTEGER); INSERT INTO nowhere VALUES (1);`}, 0, true},
+		{"failing 9003", map[string]string{"migrations/9003_bad.sql": `CREATE TABLE extra2 (x INTEGER); INSERT INTO nowhere VALUES (1);`}, 0, true},
 	}
 	fsys := base
 	for _, st := range steps {
@@ -141,7 +141,7 @@ func TestMigrationsIncremental(t *testing.T) {
 		s.Close()
 	}
 	// The failed migration's first statement was rolled back with it.
-	delete(fsys, "migrations/0003_bad.sql")
+	delete(fsys, "migrations/9003_bad.sql")
 	s, err := open(ctx, path, fsys)
 	if err != nil {
 		t.Fatal(err)

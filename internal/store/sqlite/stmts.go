@@ -34,7 +34,7 @@ func (w *writeStmts) list() []stmtDef {
 		{&w.insert, `INSERT INTO messages (conversation_id, seq, client_id, sender_id, kind, body,
 			reply_to, target_seq, emoji, remove, attachments, system, ts)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-			ON CONFLICT (sender_id, client_id) DO NOTHING`},
+			ON CONFLICT (client_id, sender_id) DO NOTHING`},
 		{&w.target, `SELECT kind, deleted FROM messages WHERE conversation_id = ? AND seq = ?`},
 		{&w.edit, `UPDATE messages SET body = ?, edited_ts = ? WHERE conversation_id = ? AND seq = ?`},
 		{&w.del, `UPDATE messages SET body = '', attachments = NULL, deleted = 1
