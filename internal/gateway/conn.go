@@ -66,7 +66,10 @@ func (e *closeError) Error() string { return e.reason }
 
 var errClosed = errors.New("connection closed")
 
-var readBufPool = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
+// readBufPool holds the buffers a readiness event reads into: 4 KiB, since client frames are
+// small and a connection with more to read is reported again right after its rearm. Every
+// connection that wakes at once takes one (a heartbeat round wakes them all).
+var readBufPool = sync.Pool{New: func() any { b := make([]byte, 4<<10); return &b }}
 
 // readReady reads what the socket has, handles every complete frame, keeps a partial one,
 // and re-arms the poller.
