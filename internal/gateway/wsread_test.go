@@ -2,10 +2,13 @@ package gateway
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"testing"
 
 	"github.com/gobwas/ws"
+
+	"github.com/parley-chat/parley/protocol"
 )
 
 func compile(t *testing.T, f ws.Frame) []byte {
@@ -70,4 +73,28 @@ func FuzzParseHeader(f *testing.F) {
 			t.Fatalf("header %+v from %d bytes", h, len(b))
 		}
 	})
+}
+
+// BenchmarkDecodeSend is the read hot path of one client frame: header, unmask, JSON.
+func BenchmarkDecodeSend(b *testing.B) {
+	payload := []byte(`{"type":"send","id":"01936f0e-7c1a-7f00-8000-000000000001","conversation_id":"01936f0e-7c1a-7f00-8000-00000000beef","body":"hello there, how are you doing today?"}`)
+	var buf bytes.Buffer
+	_ = ws.WriteFrame(&buf, ws.MaskFrameWith(ws.NewTextFrame(payload), [4]byte{1, 2, 3, 4}))
+	frame := buf.Bytes()
+	work := make([]byte, len(frame))
+	b.ReportAllocs()
+	b.SetBytes(int64(len(frame)))
+	for b.Loop() {
+		copy(work, frame)
+		h, err := parseHeader(work)
+		if err != nil {
+			b.Fatal(err)
+		}
+		p := work[h.size : h.size+int(h.length)]
+		ws.Cipher(p, h.mask, 0)
+		var f protocol.ClientFrame
+		if err := json.Unmarshal(p, &f); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
