@@ -1,25 +1,25 @@
 package server
 
 import (
-	"context"
+	"os/exec"
+	"strings"
 	"testing"
-	"time"
-
-	"github.com/parley-chat/parley/internal/loadgen"
 )
 
-// TestBenchDirectSmoke runs the load generator's direct scenario briefly. It asserts
-// correctness only (every acked message delivered exactly once), never speed.
+// TestBenchDirectSmoke runs `parley bench direct --duration 5s` as a user would: it starts
+// its own server and fails unless every acked message was delivered exactly once. It asserts
+// correctness only, never speed.
 func TestBenchDirectSmoke(t *testing.T) {
-	ts := startServer(t, func(c *Config) { c.Gateway.FramesPerSecond = 1_000_000 })
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	res, err := loadgen.Direct(ctx, loadgen.DirectConfig{URL: ts.base, Pairs: 4, InFlight: 4, Duration: 2 * time.Second, Warmup: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
+	if testing.Short() {
+		t.Skip("runs the load generator for 5 s")
 	}
-	t.Log(res)
-	if res.Acked == 0 || res.Lost != 0 || res.Duplicates != 0 || res.Errors != 0 {
-		t.Fatalf("acked %d, lost %d, duplicates %d, errors %d", res.Acked, res.Lost, res.Duplicates, res.Errors)
+	bin := buildParley(t)
+	out, err := exec.Command(bin, "bench", "direct", "--duration", "5s", "--warmup", "500ms", "--pairs", "4", "--inflight", "4").CombinedOutput()
+	t.Logf("%s", out)
+	if err != nil {
+		t.Fatalf("parley bench direct: %v", err)
+	}
+	if !strings.Contains(string(out), "lost 0  duplicates 0  errors 0") {
+		t.Fatal("the run lost, duplicated or failed messages")
 	}
 }

@@ -19,16 +19,40 @@ import (
 	"github.com/parley-chat/parley/protocol"
 )
 
-// buildParley compiles the real binary once per test.
+var build struct {
+	once sync.Once
+	dir  string
+	bin  string
+	err  error
+}
+
+// buildParley compiles the real binary, once for the whole package's tests.
 func buildParley(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "parley")
-	cmd := exec.Command("go", "build", "-o", bin, "github.com/parley-chat/parley/cmd/parley")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	build.once.Do(func() {
+		build.dir, build.err = os.MkdirTemp("", "parley-test-bin-")
+		if build.err != nil {
+			return
+		}
+		build.bin = filepath.Join(build.dir, "parley")
+		cmd := exec.Command("go", "build", "-o", build.bin, "github.com/parley-chat/parley/cmd/parley")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			build.err = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if build.err != nil {
+		t.Fatal(build.err)
 	}
-	return bin
+	return build.bin
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if build.dir != "" {
+		os.RemoveAll(build.dir)
+	}
+	os.Exit(code)
 }
 
 // startProcess runs `parley serve` on data and returns a handle once it is ready.
