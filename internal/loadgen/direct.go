@@ -123,6 +123,82 @@ type window struct{ from, to time.Time }
 
 func (w window) in(t time.Time) bool { return !t.Before(w.from) && t.Before(w.to) }
 
+// meter counts and times what happens inside the measured window.
+type meter struct {
+	win              window
+	ackH, delH       Histogram
+	acked, delivered atomic.Uint64
+	errs             atomic.Int64
+}
+
+// delivery records a message frame received by a member whose messages tr tracks. The body
+// is the send time the sender put in it.
+func (m *meter) delivery(f frameInfo, tr *tracker) {
+	tr.deliver(f.seq)
+	if ns, err := strconv.ParseInt(f.body, 10, 64); err == nil {
+		if t0 := time.Unix(0, ns); m.win.in(t0) {
+			m.delH.Record(time.Since(t0))
+			m.delivered.Add(1)
+		}
+	}
+}
+
+// ack records the ack of one of s's messages and frees its slot.
+func (m *meter) ack(s *sender, f frameInfo, tr *tracker) {
+	s.mu.Lock()
+	t0, ok := s.t0[f.id]
+	delete(s.t0, f.id)
+	s.mu.Unlock()
+	if !ok {
+		return
+	}
+	tr.ack(f.seq)
+	if m.win.in(t0) {
+		m.ackH.Record(time.Since(t0))
+		m.acked.Add(1)
+	}
+	if s.slots != nil {
+		<-s.slots
+	}
+}
+
+// send sends one message stamped t0 (in its body) on s.
+func (m *meter) send(s *sender, t0 time.Time) error {
+	id := uuid.Must(uuid.NewV7()).String()
+	s.mu.Lock()
+	s.t0[id] = t0
+	s.mu.Unlock()
+	err := s.c.send(id, s.conv, strconv.FormatInt(t0.UnixNano(), 10))
+	if err != nil {
+		m.errs.Add(1)
+	}
+	return err
+}
+
+// closedLoop keeps s's slots full until ctx ends.
+func (m *meter) closedLoop(ctx context.Context, s *sender) {
+	for {
+		select {
+		case s.slots <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		if m.send(s, time.Now()) != nil {
+			return
+		}
+	}
+}
+
+// check sums the trackers' lost and duplicated deliveries.
+func check(trackers []*tracker) (lost, dups int) {
+	for _, tr := range trackers {
+		l, d := tr.check()
+		lost += l
+		dups += d
+	}
+	return lost, dups
+}
+
 // Direct runs the direct scenario against cfg.URL.
 func Direct(ctx context.Context, cfg DirectConfig) (DirectResult, error) {
 	if cfg.Pairs <= 0 || cfg.Duration <= 0 || (cfg.InFlight <= 0 && cfg.Rate <= 0) {
@@ -166,39 +242,26 @@ func Direct(ctx context.Context, cfg DirectConfig) (DirectResult, error) {
 		trackers[i] = newTracker(1)
 	}
 
-	var ackH, delH Histogram
-	var acked, delivered atomic.Uint64
-	var errs atomic.Int64
 	start := time.Now()
-	win := window{from: start.Add(cfg.Warmup), to: start.Add(cfg.Warmup + cfg.Duration)}
-	runCtx, stop := context.WithDeadline(ctx, win.to)
+	m := &meter{win: window{from: start.Add(cfg.Warmup), to: start.Add(cfg.Warmup + cfg.Duration)}}
+	runCtx, stop := context.WithDeadline(ctx, m.win.to)
 	defer stop()
 
 	var readers sync.WaitGroup
 	for i, r := range receivers {
-		tr := trackers[i]
 		readers.Go(func() {
 			for {
 				p, err := r.next()
 				if err != nil {
 					return
 				}
-				f := parse(p)
-				if f.typ != protocol.FrameMessage {
-					continue
-				}
-				tr.deliver(f.seq)
-				if ns, err := strconv.ParseInt(f.body, 10, 64); err == nil {
-					if t0 := time.Unix(0, ns); win.in(t0) {
-						delH.Record(time.Since(t0))
-						delivered.Add(1)
-					}
+				if f := parse(p); f.typ == protocol.FrameMessage {
+					m.delivery(f, trackers[i])
 				}
 			}
 		})
 	}
 	for i, s := range senders {
-		tr := trackers[i]
 		if cfg.Rate <= 0 {
 			s.slots = make(chan struct{}, cfg.InFlight)
 		}
@@ -208,27 +271,11 @@ func Direct(ctx context.Context, cfg DirectConfig) (DirectResult, error) {
 				if err != nil {
 					return
 				}
-				f := parse(p)
-				if f.typ != protocol.FrameAck {
-					if f.typ == protocol.FrameError {
-						errs.Add(1)
-					}
-					continue
-				}
-				s.mu.Lock()
-				t0, ok := s.t0[f.id]
-				delete(s.t0, f.id)
-				s.mu.Unlock()
-				if !ok {
-					continue
-				}
-				tr.ack(f.seq)
-				if win.in(t0) {
-					ackH.Record(time.Since(t0))
-					acked.Add(1)
-				}
-				if s.slots != nil {
-					<-s.slots
+				switch f := parse(p); f.typ {
+				case protocol.FrameAck:
+					m.ack(s, f, trackers[i])
+				case protocol.FrameError:
+					m.errs.Add(1)
 				}
 			}
 		})
@@ -238,42 +285,27 @@ func Direct(ctx context.Context, cfg DirectConfig) (DirectResult, error) {
 	perSender := cfg.Rate / float64(cfg.Pairs)
 	for i, s := range senders {
 		writers.Go(func() {
-			var interval time.Duration
-			next := start
-			if perSender > 0 {
-				interval = time.Duration(float64(time.Second) / perSender)
-				// Spread the senders' schedules over one interval.
-				next = start.Add(time.Duration(i) * interval / time.Duration(len(senders)))
+			if perSender <= 0 {
+				m.closedLoop(runCtx, s)
+				return
 			}
+			interval := time.Duration(float64(time.Second) / perSender)
+			// Spread the senders' schedules over one interval.
+			next := start.Add(time.Duration(i) * interval / time.Duration(len(senders)))
 			for runCtx.Err() == nil {
-				t0 := time.Now()
-				if interval > 0 {
-					if wait := time.Until(next); wait > 0 {
-						time.Sleep(wait)
-					}
-					t0 = next // latency counts from the schedule, not from when we got to it
-					next = next.Add(interval)
-				} else {
-					select {
-					case s.slots <- struct{}{}:
-					case <-runCtx.Done():
-						return
-					}
-					t0 = time.Now()
+				if wait := time.Until(next); wait > 0 {
+					time.Sleep(wait)
 				}
-				id := uuid.Must(uuid.NewV7()).String()
-				s.mu.Lock()
-				s.t0[id] = t0
-				s.mu.Unlock()
-				if err := s.c.send(id, s.conv, strconv.FormatInt(t0.UnixNano(), 10)); err != nil {
-					errs.Add(1)
+				// Latency counts from the schedule, not from when the sender got to it.
+				if m.send(s, next) != nil {
 					return
 				}
+				next = next.Add(interval)
 			}
 		})
 	}
 	writers.Wait()
-	elapsed := min(time.Since(win.from), cfg.Duration)
+	elapsed := min(time.Since(m.win.from), cfg.Duration)
 	// Let acks and deliveries in flight arrive before checking that each acked message came
 	// exactly once.
 	settle(trackers, 5*time.Second)
@@ -284,19 +316,15 @@ func Direct(ctx context.Context, cfg DirectConfig) (DirectResult, error) {
 
 	res := DirectResult{
 		Scenario: "direct", Pairs: cfg.Pairs, InFlight: cfg.InFlight, OfferedPerS: cfg.Rate,
-		DurationS: elapsed.Seconds(), Acked: acked.Load(), Delivered: delivered.Load(),
-		SendToAck: ackH.Summary(), SendToDeliver: delH.Summary(), Errors: int(errs.Load()),
+		DurationS: elapsed.Seconds(), Acked: m.acked.Load(), Delivered: m.delivered.Load(),
+		SendToAck: m.ackH.Summary(), SendToDeliver: m.delH.Summary(), Errors: int(m.errs.Load()),
 	}
 	if cfg.Rate > 0 {
 		res.Scenario, res.InFlight = "rate", 0
 	}
 	res.AckedPerS = float64(res.Acked) / elapsed.Seconds()
 	res.DeliveredPerS = float64(res.Delivered) / elapsed.Seconds()
-	for _, tr := range trackers {
-		l, d := tr.check()
-		res.Lost += l
-		res.Duplicates += d
-	}
+	res.Lost, res.Duplicates = check(trackers)
 	return res, nil
 }
 

@@ -6,10 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
-
-	"github.com/google/uuid"
 
 	"github.com/parley-chat/parley/protocol"
 )
@@ -112,12 +109,9 @@ func Group(ctx context.Context, cfg GroupConfig) (GroupResult, error) {
 		}
 	}
 
-	var ackH, delH Histogram
-	var acked, delivered atomic.Uint64
-	var errs atomic.Int64
 	start := time.Now()
-	win := window{from: start.Add(cfg.Warmup), to: start.Add(cfg.Warmup + cfg.Duration)}
-	runCtx, stop := context.WithDeadline(ctx, win.to)
+	m := &meter{win: window{from: start.Add(cfg.Warmup), to: start.Add(cfg.Warmup + cfg.Duration)}}
+	runCtx, stop := context.WithDeadline(ctx, m.win.to)
 	defer stop()
 	isSender := map[*lconn]*sender{}
 	for _, s := range senders {
@@ -127,70 +121,33 @@ func Group(ctx context.Context, cfg GroupConfig) (GroupResult, error) {
 	// One reader per connection: a sender's connection carries its acks and the other
 	// senders' messages.
 	var readers sync.WaitGroup
-	for _, m := range receivers {
-		s := isSender[m.c]
+	for _, mem := range receivers {
+		s := isSender[mem.c]
 		readers.Go(func() {
 			for {
-				p, err := m.c.next()
+				p, err := mem.c.next()
 				if err != nil {
 					return
 				}
-				f := parse(p)
-				switch f.typ {
+				switch f := parse(p); f.typ {
 				case protocol.FrameMessage:
-					m.tr.deliver(f.seq)
-					if ns, err := strconv.ParseInt(f.body, 10, 64); err == nil {
-						if t0 := time.Unix(0, ns); win.in(t0) {
-							delH.Record(time.Since(t0))
-							delivered.Add(1)
-						}
-					}
+					m.delivery(f, mem.tr)
 				case protocol.FrameAck:
-					if s == nil {
-						continue
+					if s != nil {
+						m.ack(s, f, mem.tr)
 					}
-					s.mu.Lock()
-					t0, ok := s.t0[f.id]
-					delete(s.t0, f.id)
-					s.mu.Unlock()
-					if !ok {
-						continue
-					}
-					m.tr.ack(f.seq)
-					if win.in(t0) {
-						ackH.Record(time.Since(t0))
-						acked.Add(1)
-					}
-					<-s.slots
 				case protocol.FrameError:
-					errs.Add(1)
+					m.errs.Add(1)
 				}
 			}
 		})
 	}
 	var writers sync.WaitGroup
 	for _, s := range senders {
-		writers.Go(func() {
-			for {
-				select {
-				case s.slots <- struct{}{}:
-				case <-runCtx.Done():
-					return
-				}
-				t0 := time.Now()
-				id := uuid.Must(uuid.NewV7()).String()
-				s.mu.Lock()
-				s.t0[id] = t0
-				s.mu.Unlock()
-				if err := s.c.send(id, s.conv, strconv.FormatInt(t0.UnixNano(), 10)); err != nil {
-					errs.Add(1)
-					return
-				}
-			}
-		})
+		writers.Go(func() { m.closedLoop(runCtx, s) })
 	}
 	writers.Wait()
-	elapsed := min(time.Since(win.from), cfg.Duration)
+	elapsed := min(time.Since(m.win.from), cfg.Duration)
 	settle(trackers, 10*time.Second)
 	for _, c := range conns {
 		c.close()
@@ -198,15 +155,11 @@ func Group(ctx context.Context, cfg GroupConfig) (GroupResult, error) {
 	readers.Wait()
 	res := GroupResult{
 		Scenario: "group", Groups: cfg.Groups, Members: cfg.Members, Senders: cfg.Senders, InFlight: cfg.InFlight,
-		DurationS: elapsed.Seconds(), Acked: acked.Load(), Deliveries: delivered.Load(),
-		SendToAck: ackH.Summary(), FanOut: delH.Summary(), Errors: int(errs.Load()),
+		DurationS: elapsed.Seconds(), Acked: m.acked.Load(), Deliveries: m.delivered.Load(),
+		SendToAck: m.ackH.Summary(), FanOut: m.delH.Summary(), Errors: int(m.errs.Load()),
 	}
 	res.AckedPerS = float64(res.Acked) / elapsed.Seconds()
 	res.DeliveriesPerS = float64(res.Deliveries) / elapsed.Seconds()
-	for _, tr := range trackers {
-		l, d := tr.check()
-		res.Lost += l
-		res.Duplicates += d
-	}
+	res.Lost, res.Duplicates = check(trackers)
 	return res, nil
 }

@@ -5,16 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
-
-	"github.com/gobwas/ws"
-	"github.com/gobwas/ws/wsutil"
 )
 
 // IdleConfig is the "idle" scenario: Conns authenticated connections spread over Users
@@ -67,50 +61,25 @@ func Idle(ctx context.Context, cfg IdleConfig) (IdleResult, error) {
 	time.Sleep(7 * time.Second)
 	res.ServerRSSBeforeKB = rssKiB(cfg.ServerPID)
 
-	wsURL := "ws" + strings.TrimPrefix(cfg.URL, "http") + "/api/v1/ws"
-	conns := make([]net.Conn, cfg.Conns)
+	d := newDialer(cfg.URL, cfg.SourceIPs)
+	conns := make([]*lconn, cfg.Conns)
 	defer func() {
 		for _, c := range conns {
 			if c != nil {
-				c.Close()
+				c.close()
 			}
 		}
 	}()
 	start := time.Now()
-	var wg sync.WaitGroup
-	errc := make(chan error, 1)
-	sem := make(chan struct{}, 64)
-	for i := range conns {
-		wg.Go(func() {
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			d := ws.Dialer{
-				Timeout: 10 * time.Second,
-				Header:  ws.HandshakeHeaderHTTP(http.Header{"Authorization": {"Bearer " + users[i%len(users)].Tokens().AccessToken}}),
-			}
-			if len(cfg.SourceIPs) > 0 {
-				local := &net.TCPAddr{IP: net.ParseIP(cfg.SourceIPs[i%len(cfg.SourceIPs)])}
-				d.NetDial = (&net.Dialer{LocalAddr: local, Timeout: 10 * time.Second}).DialContext
-			}
-			c, br, _, err := d.Dial(ctx, wsURL)
-			if err != nil {
-				select {
-				case errc <- fmt.Errorf("connection %d: %w", i, err):
-				default:
-				}
-				return
-			}
-			if br != nil {
-				ws.PutReader(br) // the ready frame; nothing else is read while idle
-			}
-			conns[i] = c
-		})
-	}
-	wg.Wait()
-	select {
-	case err := <-errc:
+	if err := parallel(ctx, cfg.Conns, 64, func(i int) error {
+		c, err := d.dial(ctx, users[i%len(users)].Tokens().AccessToken)
+		if err != nil {
+			return fmt.Errorf("connection %d: %w", i, err)
+		}
+		conns[i] = c
+		return nil
+	}); err != nil {
 		return res, err
-	default:
 	}
 	res.ConnectS = time.Since(start).Seconds()
 
@@ -119,12 +88,14 @@ func Idle(ctx context.Context, cfg IdleConfig) (IdleResult, error) {
 	deadline := time.Now().Add(cfg.Hold)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
 		for _, c := range conns {
-			_ = c.SetWriteDeadline(time.Now().Add(time.Second))
-			_ = wsutil.WriteClientText(c, ping)
-			_ = c.SetReadDeadline(time.Now().Add(time.Millisecond))
+			_ = c.nc.SetWriteDeadline(time.Now().Add(time.Second))
+			_ = c.write(ping)
+			// Discard the pongs (and the server's pings) without parsing: what an idle
+			// client reads does not matter here.
+			_ = c.nc.SetReadDeadline(time.Now().Add(time.Millisecond))
 			var buf [256]byte
 			for {
-				if _, err := c.Read(buf[:]); err != nil {
+				if _, err := c.br.Read(buf[:]); err != nil {
 					break
 				}
 			}
