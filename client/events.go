@@ -189,8 +189,13 @@ func (c *Conn) markStaleLocked(id string) {
 	}
 }
 
+// hasStale reports whether conversations are marked stale. Like checkStashes it runs on the
+// run loop, which also sends heartbeats: while a slow consumer holds dmu (emit blocks
+// under it), it answers false rather than wait, and the next tick asks again.
 func (c *Conn) hasStale() bool {
-	c.dmu.Lock()
+	if !c.dmu.TryLock() {
+		return false
+	}
 	defer c.dmu.Unlock()
 	return len(c.stale) > 0
 }
@@ -199,7 +204,9 @@ func (c *Conn) hasStale() bool {
 // than d for the events before them (which then come from history), and reports whether
 // there were any. Normally those events arrive live within milliseconds.
 func (c *Conn) checkStashes(d time.Duration) bool {
-	c.dmu.Lock()
+	if !c.dmu.TryLock() {
+		return false // a slow consumer holds it; see hasStale
+	}
 	defer c.dmu.Unlock()
 	found := false
 	for id := range c.stashed {
