@@ -17,6 +17,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/parley-chat/parley/internal/auth"
+	"github.com/parley-chat/parley/internal/bus"
 	"github.com/parley-chat/parley/internal/chat"
 	"github.com/parley-chat/parley/internal/presence"
 	"github.com/parley-chat/parley/internal/state"
@@ -71,6 +72,9 @@ type API struct {
 	chat    *chat.Service
 	tokens  *auth.Tokens
 	soft    state.State // tickets and login rate limits
+	bus     bus.Bus
+	devices *activeDevices
+	sub     bus.Subscription
 	pres    *presence.Service
 	log     *slog.Logger
 	now     func() time.Time
@@ -81,7 +85,7 @@ type API struct {
 }
 
 // New builds the API. key signs access tokens.
-func New(cfg Config, st store.Store, c *chat.Service, pres *presence.Service, soft state.State, key []byte, log *slog.Logger) (*API, error) {
+func New(cfg Config, st store.Store, c *chat.Service, pres *presence.Service, soft state.State, b bus.Bus, key []byte, log *slog.Logger) (*API, error) {
 	cfg = cfg.withDefaults()
 	tokens, err := auth.NewTokens(key, cfg.AccessTTL, time.Now)
 	if err != nil {
@@ -91,11 +95,18 @@ func New(cfg Config, st store.Store, c *chat.Service, pres *presence.Service, so
 	if err != nil {
 		return nil, fmt.Errorf("api: %w", err)
 	}
-	return &API{
-		cfg: cfg, st: st, chat: c, tokens: tokens, soft: soft, pres: pres, log: log, now: time.Now,
+	a := &API{
+		cfg: cfg, st: st, chat: c, tokens: tokens, soft: soft, bus: b, devices: newActiveDevices(5 * time.Second), pres: pres, log: log, now: time.Now,
 		hashing: make(chan struct{}, cfg.MaxHashing), dummyHash: dummy,
-	}, nil
+	}
+	if a.sub, err = a.devices.subscribe(b); err != nil {
+		return nil, fmt.Errorf("api: %w", err)
+	}
+	return a, nil
 }
+
+// Close stops listening for revoked devices.
+func (a *API) Close() error { return a.sub.Unsubscribe() }
 
 // Routes registers the API's handlers on mux under /api/v1.
 func (a *API) Routes(mux *http.ServeMux) {
@@ -140,6 +151,10 @@ func (a *API) authenticate(ctx context.Context, header string) (caller, error) {
 
 // checkDevice makes logout effective at once, not when the access token expires.
 func (a *API) checkDevice(ctx context.Context, userID, deviceID string) (caller, error) {
+	now := a.now()
+	if a.devices.ok(deviceID, userID, now) {
+		return caller{userID: userID, deviceID: deviceID}, nil
+	}
 	d, err := a.st.Device(ctx, deviceID)
 	if errors.Is(err, store.ErrNotFound) || (err == nil && (d.RevokedTS != 0 || d.UserID != userID)) {
 		return caller{}, chat.Errorf(protocol.CodeUnauthorized, "this device is logged out; log in again")
@@ -147,6 +162,7 @@ func (a *API) checkDevice(ctx context.Context, userID, deviceID string) (caller,
 	if err != nil {
 		return caller{}, err
 	}
+	a.devices.put(deviceID, userID, now)
 	return caller{userID: userID, deviceID: deviceID}, nil
 }
 
@@ -354,6 +370,10 @@ func (a *API) logout(w http.ResponseWriter, r *http.Request) {
 	if err := a.st.RevokeDevice(r.Context(), c.deviceID, a.now().UnixMilli()); err != nil {
 		a.writeError(w, r, err)
 		return
+	}
+	a.devices.drop(c.deviceID)
+	if err := a.bus.Publish(RevokedSubject, []byte(c.deviceID)); err != nil {
+		a.log.Warn("announce revoked device", "request_id", requestID(r.Context()), "err", err)
 	}
 	if err := a.chat.DisconnectDevice(c.userID, c.deviceID); err != nil {
 		// The device is logged out regardless: its next request or reconnect is refused.

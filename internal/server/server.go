@@ -61,6 +61,7 @@ type Server struct {
 	state   state.State
 	pres    *presence.Service
 	chat    *chat.Service
+	api     *api.API
 	gateway *gateway.Gateway
 	http    *http.Server
 	ln      net.Listener
@@ -142,10 +143,12 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	s.pres = presence.New(cfg.Presence, s.state, st, s.bus, log.With("component", "presence"))
 	undo = append(undo, s.pres.Close)
 
-	a, err := api.New(cfg.API, st, s.chat, s.pres, s.state, key, log.With("component", "api"))
+	a, err := api.New(cfg.API, st, s.chat, s.pres, s.state, s.bus, key, log.With("component", "api"))
 	if err != nil {
 		return nil, err
 	}
+	s.api = a
+	undo = append(undo, func() { _ = a.Close() })
 	s.gateway, err = gateway.New(cfg.Gateway, s.chat, s.bus, a, s.pres, log.With("component", "gateway"))
 	if err != nil {
 		return nil, fmt.Errorf("start gateway: %w", err)
@@ -237,6 +240,7 @@ func (s *Server) shutdown() error {
 		_ = s.debug.Close()
 	}
 	s.pres.Close()
+	_ = s.api.Close()
 	berr := s.bus.Close()
 	sterr := s.state.Close()
 	serr := s.store.Close()
