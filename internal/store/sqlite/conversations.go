@@ -358,6 +358,9 @@ func (s *Store) ChangeMembership(ctx context.Context, id string, ts int64, fn st
 	defer s.leave()
 	var msg protocol.Message
 	var fnErr error
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	defer s.hot.forget(id) // its head and members may have changed
 	err := s.write(ctx, func(tx *sql.Tx) error {
 		var c protocol.Conversation
 		var lastText int64

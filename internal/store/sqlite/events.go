@@ -58,8 +58,11 @@ func (s *Store) Append(ctx context.Context, reqs []store.AppendRequest) ([]store
 		return []store.AppendResult{}, nil
 	}
 	results := make([]store.AppendResult, len(reqs))
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	var b *batch
 	err := s.write(ctx, func(tx *sql.Tx) error {
-		b := batch{
+		b = &batch{
 			ctx:     context.WithoutCancel(ctx),
 			tx:      tx,
 			s:       s,
@@ -98,6 +101,8 @@ func (s *Store) Append(ctx context.Context, reqs []store.AppendRequest) ([]store
 	if err != nil && !errors.Is(err, errNothingStored) {
 		return nil, wrap(op, err)
 	}
+	// Committed (or nothing written): what the batch read and wrote is the database's state.
+	s.hot.remember(b.heads, b.members)
 	return results, nil
 }
 
@@ -259,6 +264,10 @@ func (b *batch) isMember(conv, user string) (bool, error) {
 	if ok, seen := b.members[k]; seen {
 		return ok, nil
 	}
+	if b.s.hot.isMember(conv, user) {
+		b.members[k] = true
+		return true, nil
+	}
 	var ok bool
 	if err := b.w.member.QueryRowContext(b.ctx, conv, user).Scan(&ok); err != nil {
 		return false, err
@@ -273,7 +282,9 @@ func (b *batch) head(conv string) (*head, error) {
 		return h, nil
 	}
 	h := &head{}
-	if err := b.w.head.QueryRowContext(b.ctx, conv).Scan(&h.lastSeq, &h.lastTextSeq, &h.updatedTS); err != nil {
+	if cached, ok := b.s.hot.head(conv); ok {
+		*h = cached
+	} else if err := b.w.head.QueryRowContext(b.ctx, conv).Scan(&h.lastSeq, &h.lastTextSeq, &h.updatedTS); err != nil {
 		return nil, fmt.Errorf("conversation %q: %w", conv, err)
 	}
 	b.heads[conv] = h

@@ -55,6 +55,11 @@ type Store struct {
 	reader *sql.DB // query-only pool
 	ckpt   *sql.DB // one connection for the background checkpointer
 
+	// writeMu is held by the writes that the hot cache describes (Append, ChangeMembership)
+	// for their transaction and their cache update together.
+	writeMu sync.Mutex
+	hot     *hotCache
+
 	stopCkpt chan struct{} // closed by Close to stop the checkpointer
 	ckptDone chan struct{} // closed when the checkpointer has returned
 
@@ -86,7 +91,7 @@ func open(ctx context.Context, path string, fsys fs.FS) (_ *Store, err error) {
 			return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
 		}
 	}
-	s := &Store{}
+	s := &Store{hot: newHotCache()}
 	defer func() {
 		if err != nil {
 			s.closeDBs()

@@ -49,6 +49,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Append/DedupeWithinBatch", testDedupeWithinBatch},
 		{"Append/ClientIDPerSender", testClientIDPerSender},
 		{"Append/NotMember", testAppendNotMember},
+		{"Append/AfterMembershipChange", testAppendAfterMembershipChange},
 		{"Append/EditDeleteReact", testEditDeleteReact},
 		{"Append/InvalidTargets", testInvalidTargets},
 		{"Messages/Paging", testMessagesPaging},
@@ -1532,5 +1533,33 @@ func testPresencePeers(t *testing.T, s store.Store) {
 		if got := sorted(c.name, c.user, c.f); !slices.Equal(got, c.want) {
 			t.Errorf("%s(%s) = %v, want %v", c.name, c.user, got, c.want)
 		}
+	}
+}
+
+// testAppendAfterMembershipChange: appends after a membership change see it, however much
+// an implementation remembers between batches: a removed sender is refused, a re-added one
+// accepted, and seqs continue after the system events.
+func testAppendAfterMembershipChange(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	mkUsers(t, s, "a", "b")
+	mkGroup(t, s, "g1", "a", "b") // seq 1
+	if m := appendOK(t, s, text("g1", "b", "b1", "hi", ts0+1)); m.Seq != 2 {
+		t.Fatalf("first append seq %d, want 2", m.Seq)
+	}
+	change := func(ch store.MemberChange) {
+		t.Helper()
+		if _, err := s.ChangeMembership(ctx, "g1", ts0+2, func(protocol.Conversation) (store.MemberChange, error) { return ch, nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	change(store.MemberChange{Remove: []string{"b"}, ActorID: "a", Event: protocol.SystemEvent{Action: protocol.SysMemberRemoved, ActorID: "a", UserIDs: []string{"b"}}}) // seq 3
+	rs := appendAll(t, s, text("g1", "b", "b2", "still here?", ts0+3), text("g1", "a", "a1", "no", ts0+3))
+	wantErr(t, "append by a removed member", rs[0].Err, store.ErrNotMember)
+	if rs[1].Err != nil || rs[1].Message.Seq != 4 {
+		t.Fatalf("append after the removal: %+v, want seq 4", rs[1])
+	}
+	change(store.MemberChange{Add: []protocol.Member{{UserID: "b", Role: protocol.RoleMember}}, ActorID: "a", Event: protocol.SystemEvent{Action: protocol.SysMembersAdded, ActorID: "a", UserIDs: []string{"b"}}}) // seq 5
+	if m := appendOK(t, s, text("g1", "b", "b3", "back", ts0+4)); m.Seq != 6 {
+		t.Fatalf("append after re-adding: seq %d, want 6", m.Seq)
 	}
 }
