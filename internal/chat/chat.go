@@ -149,9 +149,6 @@ func New(st store.Store, b bus.Bus, cfg Config, log *slog.Logger) (*Service, err
 	return s, nil
 }
 
-// Config returns the limits in force.
-func (s *Service) Config() Config { return s.cfg }
-
 // Close stops taking work, finishes everything already submitted (each done callback runs),
 // and stops the sequencer. It does not close the store or the bus, which it does not own.
 func (s *Service) Close(ctx context.Context) error {
@@ -230,21 +227,9 @@ func (s *Service) Submit(ctx context.Context, ev Event, done func(Result)) {
 	}
 }
 
-// Send is Submit for callers that want to wait for the answer (HTTP handlers, tests).
-func (s *Service) Send(ctx context.Context, ev Event) Result {
-	ch := make(chan Result, 1)
-	s.Submit(ctx, ev, func(r Result) { ch <- r })
-	select {
-	case r := <-ch:
-		return r
-	case <-ctx.Done():
-		return Result{Err: ctx.Err()}
-	}
-}
-
 func (s *Service) validate(ctx context.Context, ev *Event) error {
 	if _, err := uuid.Parse(ev.ID); err != nil {
-		return Errorf(protocol.CodeBadRequest, "id must be a UUID chosen by the client, got %q", clip(ev.ID))
+		return Errorf(protocol.CodeBadRequest, "id must be a UUID chosen by the client, got %q", Clip(ev.ID))
 	}
 	if ev.ConversationID == "" {
 		return Errorf(protocol.CodeBadRequest, "conversation_id is required")
@@ -296,7 +281,7 @@ func (s *Service) validate(ctx context.Context, ev *Event) error {
 		}
 		return s.checkTarget(ctx, ev, func(protocol.Message, string) error { return nil })
 	default:
-		return Errorf(protocol.CodeBadRequest, "unknown event kind %q", clip(ev.Kind))
+		return Errorf(protocol.CodeBadRequest, "unknown event kind %q", Clip(ev.Kind))
 	}
 }
 
@@ -320,7 +305,7 @@ func (s *Service) checkTarget(ctx context.Context, ev *Event, allow func(target 
 	conv, err := s.st.Conversation(ctx, ev.ConversationID, ev.SenderID)
 	if err != nil {
 		if isNotFound(err) {
-			return Errorf(protocol.CodeForbidden, "not a member of conversation %s", clip(ev.ConversationID))
+			return Errorf(protocol.CodeForbidden, "not a member of conversation %s", Clip(ev.ConversationID))
 		}
 		return err
 	}
@@ -499,8 +484,8 @@ func isNotFound(err error) bool {
 	return code == protocol.CodeNotFound || code == protocol.CodeForbidden
 }
 
-// clip shortens client-supplied text quoted back in an error message.
-func clip(s string) string {
+// Clip shortens client-supplied text quoted back in an error message.
+func Clip(s string) string {
 	if len(s) > 64 {
 		return s[:64] + "…"
 	}

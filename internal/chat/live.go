@@ -3,6 +3,7 @@ package chat
 import (
 	"context"
 	"encoding/json"
+	"slices"
 	"sync"
 	"time"
 
@@ -57,18 +58,6 @@ func (s *Service) SubmitReceipt(userID, deviceID, conversationID, status string,
 	s.receipts <- o
 }
 
-// Receipt is SubmitReceipt for callers that wait (tests, HTTP).
-func (s *Service) Receipt(ctx context.Context, userID, deviceID, conversationID, status string, seq int64) error {
-	ch := make(chan error, 1)
-	s.SubmitReceipt(userID, deviceID, conversationID, status, seq, func(err error) { ch <- err })
-	select {
-	case err := <-ch:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
 // runReceipts applies receipts in batches until the queue is closed.
 func (s *Service) runReceipts() {
 	defer close(s.receiptsDone)
@@ -103,7 +92,7 @@ func (s *Service) runReceipts() {
 			case err != nil:
 				o.done(err)
 			case results[i].Err != nil:
-				o.done(Errorf(protocol.CodeForbidden, "not a member of conversation %s", clip(o.up.ConversationID)))
+				o.done(Errorf(protocol.CodeForbidden, "not a member of conversation %s", Clip(o.up.ConversationID)))
 			default:
 				o.done(nil)
 				if results[i].Changed {
@@ -174,8 +163,8 @@ func (s *Service) Typing(userID, conversationID, state string) error {
 		return Errorf(protocol.CodeBadRequest, `state must be "start" or "stop"`)
 	}
 	members, err := s.peekMembers(conversationID)
-	if err != nil || !contains(members, userID) {
-		return Errorf(protocol.CodeForbidden, "not a member of conversation %s", clip(conversationID))
+	if err != nil || !slices.Contains(members, userID) {
+		return Errorf(protocol.CodeForbidden, "not a member of conversation %s", Clip(conversationID))
 	}
 	now := s.now().UnixMilli()
 	k := typingKey{userID, conversationID}
@@ -252,13 +241,4 @@ func (s *Service) runTimers() {
 			s.expireTyping()
 		}
 	}
-}
-
-func contains(ids []string, id string) bool {
-	for _, x := range ids {
-		if x == id {
-			return true
-		}
-	}
-	return false
 }

@@ -105,7 +105,7 @@ func (s *Service) CreateDirect(ctx context.Context, userID, otherID string) (pro
 	}
 	if _, err := s.st.UserByID(ctx, otherID); err != nil {
 		if isNotFound(err) {
-			return protocol.Conversation{}, false, Errorf(protocol.CodeNotFound, "user %s does not exist", clip(otherID))
+			return protocol.Conversation{}, false, Errorf(protocol.CodeNotFound, "user %s does not exist", Clip(otherID))
 		}
 		return protocol.Conversation{}, false, err
 	}
@@ -235,7 +235,7 @@ func (s *Service) RemoveMember(ctx context.Context, actorID, conversationID, use
 			return store.MemberChange{}, Errorf(protocol.CodeForbidden, "members cannot be removed from a direct conversation")
 		}
 		if memberRole(c, userID) == "" {
-			return store.MemberChange{}, Errorf(protocol.CodeNotFound, "user %s is not a member of conversation %s", clip(userID), c.ID)
+			return store.MemberChange{}, Errorf(protocol.CodeNotFound, "user %s is not a member of conversation %s", Clip(userID), c.ID)
 		}
 		action := protocol.SysMemberLeft
 		if userID != actorID {
@@ -307,7 +307,7 @@ func (s *Service) usersExist(ctx context.Context, ids []string) error {
 	}
 	for _, id := range ids {
 		if !found[id] {
-			return Errorf(protocol.CodeNotFound, "user %s does not exist", clip(id))
+			return Errorf(protocol.CodeNotFound, "user %s does not exist", Clip(id))
 		}
 	}
 	return nil

@@ -250,7 +250,7 @@ func (c *Conn) handleMessage(p []byte) error {
 	case "":
 		return c.fail(f.ID, protocol.CodeBadRequest, `frame has no "type"`)
 	default:
-		return c.fail(f.ID, protocol.CodeBadRequest, "unknown frame type %q", clip(f.Type))
+		return c.fail(f.ID, protocol.CodeBadRequest, "unknown frame type %q", chat.Clip(f.Type))
 	}
 	c.strikes = 0
 	return nil
@@ -418,11 +418,4 @@ func (c *Conn) end(code ws.StatusCode, reason string, wait time.Duration, reset 
 	}
 	_ = c.nc.Close()
 	c.g.log.Debug("connection closed", "user", c.userID, "device", c.deviceID, "code", int(code), "reason", reason)
-}
-
-func clip(s string) string {
-	if len(s) > 64 {
-		return s[:64] + "…"
-	}
-	return s
 }

@@ -63,9 +63,6 @@ func New(cfg Config, st state.Presence, peers store.Contacts, b bus.Bus, log *sl
 	return s
 }
 
-// TTL is the time a heartbeat keeps a device online.
-func (s *Service) TTL() time.Duration { return s.cfg.TTL }
-
 // Close stops the sweeper.
 func (s *Service) Close() {
 	select {
