@@ -57,10 +57,14 @@ type User struct {
 	CreatedTS   int64  `json:"created_ts"`
 }
 
-// Member is one user's membership in a conversation.
+// Member is one user's membership in a conversation. The cursors (additive to PROTOCOL.md)
+// let a client draw delivered and read ticks for messages sent before it connected; live
+// `receipt` frames move them after that.
 type Member struct {
-	UserID string `json:"user_id"`
-	Role   string `json:"role"`
+	UserID           string `json:"user_id"`
+	Role             string `json:"role"`
+	LastDeliveredSeq int64  `json:"last_delivered_seq"`
+	LastReadSeq      int64  `json:"last_read_seq"`
 }
 
 // Conversation is a conversation as one member sees it: LastReadSeq and UnreadCount are that

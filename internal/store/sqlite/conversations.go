@@ -84,7 +84,7 @@ func (vs *viewStmts) membersOf(ctx context.Context, tx *sql.Tx, id string) ([]pr
 	ms := []protocol.Member{}
 	for rows.Next() {
 		var m protocol.Member
-		if err := rows.Scan(&m.UserID, &m.Role); err != nil {
+		if err := rows.Scan(&m.UserID, &m.Role, &m.LastDeliveredSeq, &m.LastReadSeq); err != nil {
 			return nil, err
 		}
 		ms = append(ms, m)

@@ -63,7 +63,7 @@ type viewStmts struct {
 func (v *viewStmts) list() []stmtDef {
 	return []stmtDef{
 		{&v.conv, convSelect + ` WHERE m.conversation_id = ? AND m.user_id = ?`},
-		{&v.members, `SELECT user_id, role FROM members WHERE conversation_id = ? ORDER BY joined_ts, user_id`},
+		{&v.members, `SELECT user_id, role, last_delivered_seq, last_read_seq FROM members WHERE conversation_id = ? ORDER BY joined_ts, user_id`},
 		{&v.isMember, `SELECT EXISTS (SELECT 1 FROM members WHERE conversation_id = ? AND user_id = ?)`},
 		{&v.message, `SELECT ` + msgCols + ` FROM messages WHERE conversation_id = ? AND seq = ?`},
 		{&v.reactions, `SELECT target_seq, emoji, user_id FROM reactions

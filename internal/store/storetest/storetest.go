@@ -1137,9 +1137,16 @@ func testCursor(t *testing.T, s store.Store) {
 			t.Fatalf("step %d: read %d delivered %d unread %d; want %d, %d, %d", i, r, d, u, st.read, st.del, st.unrd)
 		}
 	}
-	// b's cursors are b's own.
-	if c := conv(t, s, "d1", "b"); c.LastReadSeq != 0 || c.LastDeliveredSeq != 0 || c.UnreadCount != 1 {
+	// b's cursors are b's own, but b sees a's in the member list (for read ticks).
+	c := conv(t, s, "d1", "b")
+	if c.LastReadSeq != 0 || c.LastDeliveredSeq != 0 || c.UnreadCount != 1 {
 		t.Fatalf("b's view: read %d delivered %d unread %d; want 0, 0, 1", c.LastReadSeq, c.LastDeliveredSeq, c.UnreadCount)
+	}
+	for _, m := range c.Members {
+		want := map[string][2]int64{"a": {7, 7}, "b": {0, 0}}[m.UserID]
+		if got := [2]int64{m.LastDeliveredSeq, m.LastReadSeq}; got != want {
+			t.Errorf("member %s cursors (delivered, read) = %v, want %v", m.UserID, got, want)
+		}
 	}
 	// Unread counts skip deleted messages.
 	appendOK(t, s, text("d1", "b", "b8", "x", ts0+8)) // 8
