@@ -21,7 +21,7 @@ const convSelect = `SELECT c.id, c.type, c.name, c.last_seq, c.last_text_seq, c.
 
 // writeStmts are the statements of Append, prepared on the writer.
 type writeStmts struct {
-	dedupe, member, head, insert, target, edit, del, dropReactions, react, unreact, setHead *sql.Stmt
+	dedupe, member, head, insert, target, edit, del, dropReactions, react, unreact, setHead, bump *sql.Stmt
 }
 
 func (w *writeStmts) list() []stmtDef {
@@ -44,6 +44,7 @@ func (w *writeStmts) list() []stmtDef {
 			VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`},
 		{&w.unreact, `DELETE FROM reactions
 			WHERE conversation_id = ? AND target_seq = ? AND emoji = ? AND user_id = ?`},
+		{&w.bump, `UPDATE meta SET version = version + 1 RETURNING version`},
 		{&w.setHead, `UPDATE conversations SET last_seq = ?, last_text_seq = ?, updated_ts = ?, version = ?
 			WHERE id = ?`},
 	}
