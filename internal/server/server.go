@@ -29,6 +29,7 @@ import (
 	"github.com/parley-chat/parley/internal/state/redisstate"
 	"github.com/parley-chat/parley/internal/store"
 	"github.com/parley-chat/parley/internal/store/sqlite"
+	"github.com/parley-chat/parley/web"
 )
 
 // Config is everything `parley serve` can be told. Zero fields take the defaults.
@@ -158,6 +159,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	mux := http.NewServeMux()
 	a.Routes(mux)
 	mux.Handle("GET /api/v1/ws", s.gateway)
+	mux.Handle("/", web.Handler()) // no method in the pattern: it would conflict with /api/v1/
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("ok\n"))
 	})
