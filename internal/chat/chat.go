@@ -92,9 +92,9 @@ type Service struct {
 
 // op is one unit of work for the sequencer: an append, or a membership change.
 type op struct {
-	req      store.AppendRequest
-	deviceID string
-	done     func(Result)
+	req    store.AppendRequest
+	origin string // the sending connection, skipped by the fan-out
+	done   func(Result)
 
 	member *memberOp // set for membership changes instead of req
 }
@@ -188,13 +188,16 @@ type Event struct {
 	ID             string // the client's message id (a UUID); retries reuse it
 	ConversationID string
 	SenderID       string
-	DeviceID       string // the device that sent it: it gets the ack, not the event
-	Body           string
-	ReplyTo        int64
-	TargetSeq      int64
-	Emoji          string
-	Remove         bool
-	Attachments    json.RawMessage
+	// Origin names the connection that sent it (opaque, chosen by the gateway): that
+	// connection gets the ack instead of the event; every other one, the same device's
+	// other connections (browser tabs) included, gets the event.
+	Origin      string
+	Body        string
+	ReplyTo     int64
+	TargetSeq   int64
+	Emoji       string
+	Remove      bool
+	Attachments json.RawMessage
 }
 
 // Submit validates ev and hands it to the sequencer. done is called exactly once, from
@@ -219,8 +222,8 @@ func (s *Service) Submit(ctx context.Context, ev Event, done func(Result)) {
 			Remove:         ev.Remove,
 			Attachments:    ev.Attachments,
 		},
-		deviceID: ev.DeviceID,
-		done:     done,
+		origin: ev.Origin,
+		done:   done,
 	}
 	if err := s.enqueue(o); err != nil {
 		done(Result{Err: err})
@@ -436,15 +439,15 @@ func (s *Service) publish() {
 		}
 		for i, o := range out.batch {
 			if r := out.results[i]; r.Err == nil && !r.Duplicate {
-				s.publishEvent(r.Message, o.deviceID, out.recipients[i])
+				s.publishEvent(r.Message, o.origin, out.recipients[i])
 			}
 		}
 	}
 }
 
-// publishEvent encodes m once and publishes it to each recipient's devices, except the
-// device exceptDevice.
-func (s *Service) publishEvent(m protocol.Message, exceptDevice string, recipients []string) {
+// publishEvent encodes m once and publishes it to each recipient's connections, except the
+// connection exceptOrigin.
+func (s *Service) publishEvent(m protocol.Message, exceptOrigin string, recipients []string) {
 	if len(recipients) == 0 {
 		return
 	}
@@ -453,7 +456,7 @@ func (s *Service) publishEvent(m protocol.Message, exceptDevice string, recipien
 		s.log.Error("encode event", "conversation", m.ConversationID, "seq", m.Seq, "err", err)
 		return
 	}
-	s.publishTo(recipients, frame.Delivery(exceptDevice, payload))
+	s.publishTo(recipients, frame.Delivery(exceptOrigin, payload))
 }
 
 func (s *Service) publishTo(users []string, env []byte) {

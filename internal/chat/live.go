@@ -21,18 +21,19 @@ const (
 
 // receiptOp is one client receipt waiting for the receipt batcher.
 type receiptOp struct {
-	up       store.CursorUpdate
-	deviceID string
-	done     func(error)
+	up     store.CursorUpdate
+	origin string // the connection that sent it; the fan-out skips it
+	done   func(error)
 }
 
 // SubmitReceipt moves userID's delivered or read cursor in a conversation forward to seq.
 // Cursors are cumulative: a receipt for seq covers everything up to it, and one that would
 // move a cursor back changes nothing. Receipts are batched (many per transaction) on their
 // own goroutine, apart from the event sequencer: they are frequent, need no seq, and must
-// not slow sends. If the cursor moved, every device of every member except deviceID gets a
-// receipt frame. done (may be nil) gets the error for a bad receipt; it must not block.
-func (s *Service) SubmitReceipt(userID, deviceID, conversationID, status string, seq int64, done func(error)) {
+// // not slow sends. If the cursor moved, every connection of every member except origin (the
+// sending connection, as in Event.Origin) gets a receipt frame. done (may be nil) gets the
+// error for a bad receipt; it must not block.
+func (s *Service) SubmitReceipt(userID, origin, conversationID, status string, seq int64, done func(error)) {
 	if done == nil {
 		done = func(error) {}
 	}
@@ -45,9 +46,9 @@ func (s *Service) SubmitReceipt(userID, deviceID, conversationID, status string,
 		return
 	}
 	o := &receiptOp{
-		up:       store.CursorUpdate{ConversationID: conversationID, UserID: userID, Status: status, Seq: seq},
-		deviceID: deviceID,
-		done:     done,
+		up:     store.CursorUpdate{ConversationID: conversationID, UserID: userID, Status: status, Seq: seq},
+		origin: origin,
+		done:   done,
 	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -120,7 +121,7 @@ func (s *Service) publishReceipt(o *receiptOp, seq int64) {
 		s.log.Warn("member list for receipt", "conversation", o.up.ConversationID, "err", err)
 		return
 	}
-	s.publishTo(members, frame.Delivery(o.deviceID, payload))
+	s.publishTo(members, frame.Delivery(o.origin, payload))
 }
 
 // Control is a message for the gateways that hold a user's connections, not for clients.

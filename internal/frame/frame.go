@@ -94,8 +94,8 @@ func Close(code uint16, reason string) []byte {
 	return Build(OpClose, p)
 }
 
-// Delivery envelopes. A delivery is: one byte n, n bytes of the device id that must not get
-// the frame (the device that produced the event, which has its ack instead; n = 0 for none),
+// Delivery envelopes. A delivery is: one byte n, n bytes naming the connection that must not
+// get the frame (the one that produced the event, which has its ack instead; n = 0 for none),
 // then the complete WebSocket frame. A control envelope, for the gateway itself rather than
 // for clients, is the byte 0xFF and then its JSON payload.
 
@@ -105,15 +105,16 @@ const controlMark = 0xFF
 var ErrBadDelivery = errors.New("frame: malformed delivery envelope")
 
 // Delivery encodes payload (one JSON object) as a text frame inside a delivery envelope that
-// skips the device exceptDevice (may be ""), in a single allocation.
-func Delivery(exceptDevice string, payload []byte) []byte {
-	if len(exceptDevice) >= controlMark {
-		exceptDevice = exceptDevice[:controlMark-1] // device ids are far shorter; never reached
+// skips the connection exceptOrigin (may be ""; see chat.Event.Origin), in a single
+// allocation.
+func Delivery(exceptOrigin string, payload []byte) []byte {
+	if len(exceptOrigin) >= controlMark {
+		exceptOrigin = exceptOrigin[:controlMark-1] // origins are far shorter; never reached
 	}
 	h := headerLen(len(payload))
-	b := make([]byte, 1+len(exceptDevice)+h+len(payload))
-	b[0] = byte(len(exceptDevice))
-	o := 1 + copy(b[1:], exceptDevice)
+	b := make([]byte, 1+len(exceptOrigin)+h+len(payload))
+	b[0] = byte(len(exceptOrigin))
+	o := 1 + copy(b[1:], exceptOrigin)
 	o += putHeader(b[o:], OpText, len(payload))
 	copy(b[o:], payload)
 	return b
@@ -124,10 +125,10 @@ func Control(payload []byte) []byte {
 	return append([]byte{controlMark}, payload...)
 }
 
-// ParseDelivery splits an envelope into the excepted device id and the frame, or, for a
+// ParseDelivery splits an envelope into the excepted origin and the frame, or, for a
 // control envelope, returns its payload as control. Frame and control alias data: they are
 // shared, never modified.
-func ParseDelivery(data []byte) (exceptDevice string, wsFrame, control []byte, err error) {
+func ParseDelivery(data []byte) (exceptOrigin string, wsFrame, control []byte, err error) {
 	if len(data) >= 1 && data[0] == controlMark {
 		return "", nil, data[1:], nil
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -224,7 +225,7 @@ func (c *Conn) handleMessage(p []byte) error {
 			ID:             f.ID,
 			ConversationID: f.ConversationID,
 			SenderID:       c.userID,
-			DeviceID:       c.deviceID,
+			Origin:         c.origin(),
 			Body:           f.Body,
 			ReplyTo:        f.ReplyTo,
 			TargetSeq:      f.TargetSeq,
@@ -236,7 +237,7 @@ func (c *Conn) handleMessage(p []byte) error {
 		c.g.chat.Submit(ctx, ev, func(r chat.Result) { c.answer(id, r) })
 	case protocol.FrameReceipt:
 		id := f.ID
-		c.g.chat.SubmitReceipt(c.userID, c.deviceID, f.ConversationID, f.Status, f.Seq, func(err error) {
+		c.g.chat.SubmitReceipt(c.userID, c.origin(), f.ConversationID, f.Status, f.Seq, func(err error) {
 			if err != nil {
 				c.answer(id, chat.Result{Err: err})
 			}
@@ -419,3 +420,8 @@ func (c *Conn) end(code ws.StatusCode, reason string, wait time.Duration, reset 
 	_ = c.nc.Close()
 	c.g.log.Debug("connection closed", "user", c.userID, "device", c.deviceID, "code", int(code), "reason", reason)
 }
+
+// origin names this connection across nodes, for the fan-out to skip it: its events' acks
+// and its own receipts are not echoed back, while the device's other connections (browser
+// tabs share a device) get them.
+func (c *Conn) origin() string { return c.g.origin + strconv.FormatUint(c.id, 36) }

@@ -10,6 +10,7 @@ package gateway
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +19,8 @@ import (
 	"net/http"
 	"runtime/debug"
 	"runtime/metrics"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -102,6 +105,9 @@ type Gateway struct {
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
 	nextID atomic.Uint64
+	// origin prefixes this node's connection ids into names unique across nodes (see
+	// Conn.origin): deliveries from any node name the connection they skip.
+	origin string
 
 	mu       sync.RWMutex
 	users    map[string]*userConns
@@ -131,6 +137,7 @@ func New(cfg Config, c *chat.Service, b bus.Bus, auth Authenticator, pres Presen
 		log:     log,
 		ctx:     ctx,
 		cancel:  cancel,
+		origin:  rand.Text()[:10] + ".",
 		users:   make(map[string]*userConns),
 		conns:   make(map[uint64]*Conn),
 		stop:    make(chan struct{}),
@@ -293,12 +300,16 @@ func (g *Gateway) unregister(c *Conn) {
 }
 
 // deliver is the bus handler for user subjects: it enqueues the event's frame, as is, on
-// every connection of the user except the device that produced it.
+// every connection of the user except the connection that produced it.
 func (g *Gateway) deliver(subject string, data []byte) {
 	except, f, control, err := frame.ParseDelivery(data)
 	if err != nil {
 		g.log.Warn("bad delivery on bus", "subject", subject, "err", err)
 		return
+	}
+	var skip uint64 // 0: no connection of this node is skipped (ids start at 1)
+	if id, ok := strings.CutPrefix(except, g.origin); ok {
+		skip, _ = strconv.ParseUint(id, 36, 64)
 	}
 	var ctl chat.Control
 	if control != nil {
@@ -321,7 +332,7 @@ func (g *Gateway) deliver(subject string, data []byte) {
 				// Not under g.mu: close unregisters.
 				go c.close(ws.StatusPolicyViolation, "logged out")
 			}
-		case c.deviceID != except:
+		case c.id != skip:
 			c.enqueue(f)
 		}
 	}

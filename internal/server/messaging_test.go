@@ -242,3 +242,37 @@ func TestResendAfterDrop(t *testing.T) {
 		t.Fatalf("sdk send: %+v %v", ack, err)
 	}
 }
+
+// TestTabsOfOneDevice: two connections with the same login (browser tabs share one device
+// id) are told of each other's sends and receipts; only the sending connection is skipped.
+func TestTabsOfOneDevice(t *testing.T) {
+	ts := startServer(t, nil)
+	alice, bob := ts.signup("alice"), ts.signup("bob")
+	conv := ts.direct(alice, bob)
+	tab1, tab2 := ts.dialRaw(alice.AccessToken), ts.dialRaw(alice.AccessToken)
+	bobWS := ts.dialRaw(bob.AccessToken)
+
+	tab1.send(protocol.ClientFrame{Type: protocol.FrameSend, ID: "0195f0a0-0000-7000-8000-000000000001",
+		ConversationID: conv.ID, Body: "from tab 1"})
+	if f := tab1.readType(protocol.FrameAck); f.Seq != 1 {
+		t.Fatalf("tab 1 got %+v, want the ack of seq 1", f)
+	}
+	for name, c := range map[string]*rawWS{"tab 2": tab2, "bob": bobWS} {
+		if f := c.readType(protocol.FrameMessage); f.Seq != 1 || f.Body != "from tab 1" {
+			t.Fatalf("%s got %+v, want seq 1 from tab 1", name, f)
+		}
+	}
+
+	tab1.send(protocol.ClientFrame{Type: protocol.FrameReceipt, ConversationID: conv.ID, Status: "read", Seq: 1})
+	if f := tab2.readType(protocol.FrameReceipt); f.UserID != alice.UserID || f.Status != "read" || f.Seq != 1 {
+		t.Fatalf("tab 2 got %+v, want alice's read receipt", f)
+	}
+	// The sending tab hears neither its own event nor its own receipt (presence frames may
+	// come); its pong proves the connection is past both.
+	tab1.send(protocol.ClientFrame{Type: protocol.FramePing})
+	for f := tab1.read(); f.Type != protocol.FramePong; f = tab1.read() {
+		if f.Type == protocol.FrameMessage || f.Type == protocol.FrameReceipt {
+			t.Fatalf("tab 1 got its own %s: %+v", f.Type, f)
+		}
+	}
+}
