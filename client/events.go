@@ -319,6 +319,11 @@ func (c *Conn) catchUp(resync bool) error {
 				ids[cv.ID] = struct{}{}
 			}
 		}
+		// Left or removed while away: nothing more will come, and nothing can be fetched.
+		for _, id := range body.RemovedConversationIDs {
+			delete(c.convs, id)
+			delete(c.stale, id)
+		}
 		c.dmu.Unlock()
 		next = body.NextSince
 	}

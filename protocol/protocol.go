@@ -189,7 +189,10 @@ type (
 	}
 	SyncBody struct {
 		Conversations []Conversation `json:"conversations"`
-		NextSince     string         `json:"next_since"`
+		// RemovedConversationIDs (additive to PROTOCOL.md) are conversations the caller
+		// left or was removed from since the token; absent on a first sync.
+		RemovedConversationIDs []string `json:"removed_conversation_ids,omitempty"`
+		NextSince              string   `json:"next_since"`
 	}
 	Presence struct {
 		UserID     string `json:"user_id"`

@@ -612,12 +612,22 @@ func (a *API) sync(w http.ResponseWriter, r *http.Request) {
 		}
 		since = v
 	}
-	cs, next, err := a.st.Sync(r.Context(), callerOf(r).userID, since)
+	userID := callerOf(r).userID
+	cs, next, err := a.st.Sync(r.Context(), userID, since)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, protocol.SyncBody{Conversations: nonNil(cs), NextSince: strconv.FormatInt(next, 10)})
+	var removed []string
+	if since > 0 { // a first sync has nothing stale to remove
+		// After Sync: it then covers every departure up to next (see store.Departed).
+		if removed, err = a.st.Departed(r.Context(), userID, since); err != nil {
+			a.writeError(w, r, err)
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, protocol.SyncBody{Conversations: nonNil(cs), RemovedConversationIDs: removed,
+		NextSince: strconv.FormatInt(next, 10)})
 }
 
 func (a *API) ticket(w http.ResponseWriter, r *http.Request) {

@@ -182,6 +182,15 @@ func TestGroups(t *testing.T) {
 	}
 
 	path := "/api/v1/conversations/" + g.ID
+	syncOf := func(a account, since string) protocol.SyncBody {
+		t.Helper()
+		var sb protocol.SyncBody
+		if status := ts.call("GET", "/api/v1/sync?since="+since, a.AccessToken, nil, &sb); status != 200 {
+			t.Fatalf("sync: %d", status)
+		}
+		return sb
+	}
+	m1Since, m2Since := syncOf(m1, "").NextSince, syncOf(m2, "").NextSince
 	steps := []struct {
 		name   string
 		who    account
@@ -215,6 +224,18 @@ func TestGroups(t *testing.T) {
 		if status >= 400 && body.Error.Message == "" {
 			t.Errorf("%s: error without a message", s.name)
 		}
+	}
+
+	// A sync tells the member who left (as it would one removed) to drop the conversation,
+	// and tells those still in it nothing of the kind.
+	if sb := syncOf(m2, m2Since); !slices.Equal(sb.RemovedConversationIDs, []string{g.ID}) || len(sb.Conversations) != 0 {
+		t.Errorf("sync of the member who left: removed %v, conversations %d; want [%s], 0", sb.RemovedConversationIDs, len(sb.Conversations), g.ID)
+	}
+	if sb := syncOf(m1, m1Since); len(sb.RemovedConversationIDs) != 0 || len(sb.Conversations) != 1 {
+		t.Errorf("sync of a remaining member: removed %v, conversations %d; want none, 1", sb.RemovedConversationIDs, len(sb.Conversations))
+	}
+	if sb := syncOf(m2, ""); sb.RemovedConversationIDs != nil {
+		t.Errorf("first sync reports removals %v; want none", sb.RemovedConversationIDs)
 	}
 
 	// The oldest remaining member became admin; every change is a system event with its own seq.

@@ -211,6 +211,11 @@ type Events interface {
 	// Sync returns userID's conversations that changed after token since (0 = all):
 	// new events, membership, the user's read state. next is the token to pass next time.
 	Sync(ctx context.Context, userID string, since int64) (cs []protocol.Conversation, next int64, err error)
+	// Departed returns the conversations userID stopped being a member of (removed, or
+	// left) after token since and has not joined again. Called after Sync with the same
+	// since, it reports every departure up to Sync's next (and perhaps some after, which
+	// the following call reports again).
+	Departed(ctx context.Context, userID string, since int64) ([]string, error)
 	// Message returns one event of the conversation by seq, an original with its current
 	// state as in Messages, or ErrNotFound. It checks no membership: the caller has.
 	Message(ctx context.Context, conversationID string, seq int64) (protocol.Message, error)

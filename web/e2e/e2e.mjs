@@ -367,6 +367,20 @@ async function scenarios(browser) {
   await phone.locator(tid('back')).click();
   await convItem(phone, 'Alice').waitFor();
 
+  // ---- f. removed while offline: the next sync drops the conversation
+  step('carol goes offline; alice removes her from the group; back online, the group leaves her list');
+  await convItem(carol, 'Weekend trip').waitFor();
+  await carol.context().setOffline(true);
+  await carol.locator(tid('conn-banner')).waitFor();
+  await openConv(alice, 'Weekend trip');
+  await alice.locator(tid('members-open')).click();
+  await alice.locator(tid('member')).filter({ hasText: 'Carol' }).locator(tid('member-remove')).click();
+  await alice.locator(tid('member')).filter({ hasText: 'Carol' }).waitFor({ state: 'detached' });
+  await alice.locator(tid('members-close')).click();
+  await carol.context().setOffline(false);
+  await connected(carol);
+  await convItem(carol, 'Weekend trip').waitFor({ state: 'detached' });
+
   assertNoProblems();
 }
 

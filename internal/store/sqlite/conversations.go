@@ -249,6 +249,10 @@ func insertMember(ctx context.Context, tx *sql.Tx, convID string, m protocol.Mem
 		(conversation_id, user_id, role, joined_ts, last_read_seq, last_delivered_seq, version)
 		VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
 		convID, m.UserID, m.Role, ts, cursor, cursor, version)
+	if err != nil {
+		return err
+	}
+	_, err = tx.ExecContext(ctx, `DELETE FROM departures WHERE user_id = ? AND conversation_id = ?`, m.UserID, convID)
 	return err
 }
 
@@ -389,6 +393,10 @@ func (s *Store) ChangeMembership(ctx context.Context, id string, ts int64, fn st
 		seq := c.LastSeq + 1
 		for _, u := range ch.Remove {
 			if _, err := tx.ExecContext(ctx, `DELETE FROM members WHERE conversation_id = ? AND user_id = ?`, id, u); err != nil {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, `INSERT INTO departures (user_id, conversation_id, version) VALUES (?, ?, ?)
+				ON CONFLICT DO UPDATE SET version = excluded.version`, u, id, v); err != nil {
 				return err
 			}
 		}

@@ -475,7 +475,7 @@ func (s *Store) SetCursors(ctx context.Context, ups []store.CursorUpdate) ([]sto
 // once and stamps the conversation (events, membership, name) or the member row (the user's
 // cursors, role, joining) with it; Sync reads the counter and the rows stamped after since in
 // one snapshot, so next covers exactly what was returned. A conversation the user was removed
-// from is not returned: its member row is gone.
+// from is not returned (its member row is gone): Departed reports it.
 func (s *Store) Sync(ctx context.Context, userID string, since int64) ([]protocol.Conversation, int64, error) {
 	const op = "sync"
 	if err := s.enter(op); err != nil {
@@ -500,4 +500,34 @@ func (s *Store) Sync(ctx context.Context, userID string, since int64) ([]protoco
 		return nil, 0, wrap(op, err)
 	}
 	return cs, next, nil
+}
+
+// Departed implements store.Events.
+func (s *Store) Departed(ctx context.Context, userID string, since int64) ([]string, error) {
+	const op = "departed"
+	if err := s.enter(op); err != nil {
+		return nil, err
+	}
+	defer s.leave()
+	ids := []string{}
+	err := s.read(ctx, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, `SELECT conversation_id FROM departures
+			WHERE user_id = ? AND version > ? ORDER BY version, conversation_id`, userID, since)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				return err
+			}
+			ids = append(ids, id)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, wrap(op, err)
+	}
+	return ids, nil
 }

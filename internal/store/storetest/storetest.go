@@ -58,6 +58,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Contacts/PresencePeers", testPresencePeers},
 		{"Conversation/LastMessage", testLastMessage},
 		{"Sync", testSync},
+		{"Sync/Departed", testDeparted},
 		{"ConversationsOf/OrderAndPaging", testConversationsOf},
 		{"Append/FailedCallStoresNothing", testAppendCancelled},
 		{"Close", testClose},
@@ -1366,6 +1367,7 @@ func testClose(t *testing.T, s store.Store) {
 		{"Message", func() error { _, err := s.Message(ctx, "d1", 1); return err }},
 		{"SetCursor", func() error { _, err := s.SetCursor(ctx, "d1", "a", "read", 1, ts0); return err }},
 		{"Sync", func() error { _, _, err := s.Sync(ctx, "a", 0); return err }},
+		{"Departed", func() error { _, err := s.Departed(ctx, "a", 0); return err }},
 	}
 	for _, c := range calls {
 		wantErr(t, c.name+" after Close", c.call(), store.ErrClosed)
@@ -1568,5 +1570,60 @@ func testAppendAfterMembershipChange(t *testing.T, s store.Store) {
 	change(store.MemberChange{Add: []protocol.Member{{UserID: "b", Role: protocol.RoleMember}}, ActorID: "a", Event: protocol.SystemEvent{Action: protocol.SysMembersAdded, ActorID: "a", UserIDs: []string{"b"}}}) // seq 5
 	if m := appendOK(t, s, text("g1", "b", "b3", "back", ts0+4)); m.Seq != 6 {
 		t.Fatalf("append after re-adding: seq %d, want 6", m.Seq)
+	}
+}
+
+// testDeparted: a member removed from a group, or leaving it, disappears from Sync and shows
+// in Departed after the token that preceded it, until joining again.
+func testDeparted(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	mkUsers(t, s, "a", "b", "c")
+	mkGroup(t, s, "g1", "a", "b", "c")
+	mkGroup(t, s, "g2", "a", "b")
+	departed := func(user string, since int64) []string {
+		t.Helper()
+		ids, err := s.Departed(ctx, user, since)
+		if err != nil {
+			t.Fatalf("Departed(%s, %d): %v", user, since, err)
+		}
+		return ids
+	}
+	change := func(conv, actor string, ch store.MemberChange) {
+		t.Helper()
+		ch.ActorID = actor
+		if _, err := s.ChangeMembership(ctx, conv, ts0+10, func(protocol.Conversation) (store.MemberChange, error) { return ch, nil }); err != nil {
+			t.Fatalf("ChangeMembership(%s): %v", conv, err)
+		}
+	}
+	_, t0 := syncOf(t, s, "b", 0)
+	if got := departed("b", t0); len(got) != 0 {
+		t.Fatalf("Departed before any change = %v, want none", got)
+	}
+	change("g1", "a", store.MemberChange{Remove: []string{"b"},
+		Event: protocol.SystemEvent{Action: protocol.SysMemberRemoved, UserIDs: []string{"b"}}})
+	change("g2", "b", store.MemberChange{Remove: []string{"b"},
+		Event: protocol.SystemEvent{Action: protocol.SysMemberLeft}})
+	cs, t1 := syncOf(t, s, "b", t0)
+	if len(cs) != 0 {
+		t.Fatalf("Sync of b after leaving both = %v, want none", convIDs(cs))
+	}
+	if got := departed("b", t0); !slices.Equal(got, []string{"g1", "g2"}) {
+		t.Fatalf("Departed(b, before) = %v, want [g1 g2]", got)
+	}
+	if got := departed("b", t1); len(got) != 0 {
+		t.Fatalf("Departed(b, after) = %v, want none", got)
+	}
+	if got := departed("c", t0); len(got) != 0 {
+		t.Fatalf("Departed(c) = %v, want none: c is still in g1", got)
+	}
+	// Added back: a member again, no longer departed.
+	change("g1", "a", store.MemberChange{Add: []protocol.Member{{UserID: "b", Role: protocol.RoleMember}},
+		Event: protocol.SystemEvent{Action: protocol.SysMembersAdded, UserIDs: []string{"b"}}})
+	cs, _ = syncOf(t, s, "b", t1)
+	if ids := convIDs(cs); !slices.Equal(ids, []string{"g1"}) {
+		t.Fatalf("Sync of b after being added back = %v, want [g1]", ids)
+	}
+	if got := departed("b", t0); !slices.Equal(got, []string{"g2"}) {
+		t.Fatalf("Departed(b) after being added back to g1 = %v, want [g2]", got)
 	}
 }

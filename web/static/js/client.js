@@ -111,6 +111,11 @@ async function doSync() {
     // The list has been told of these events, so they reached this device.
     if (conv.last_seq > (conv.last_delivered_seq || 0)) queueReceipt('delivered', conv.id, conv.last_seq);
   }
+  // Conversations left or removed from while this device was away.
+  for (const cid of res.removed_conversation_ids || []) {
+    const conv = state.convs.get(cid);
+    if (conv) leftConv(cid, `You are no longer a member of “${S.convName(conv)}”.`);
+  }
   state.syncToken = res.next_since;
   state.listStatus = 'ready';
   if (first) {
