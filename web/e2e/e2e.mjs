@@ -42,7 +42,11 @@ const exact = (text) => new RegExp(`^${text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&
 async function newPage(browser, label, options = {}) {
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, ...options });
   context.setDefaultTimeout(TIMEOUT);
-  const page = await context.newPage();
+  return watch(await context.newPage(), label);
+}
+
+// watch records the page's dialogs and uncaught errors as problems.
+function watch(page, label) {
   page.on('dialog', (d) => {
     problems.push(`${label}: a ${d.type()} dialog opened: ${d.message()}`);
     d.dismiss().catch(() => {});
@@ -266,6 +270,31 @@ async function scenarios(browser) {
     await msg(p, 'Great, thanks Bob!').locator(tid('msg-quote')).filter({ hasText: 'I will bring snacks' }).waitFor();
   }
 
+  step('keyboard: arrow keys move through the log; a focused message shows its actions, and they work');
+  const snacks = 'Me too. I will bring snacks 🥨';
+  const focused = (loc) => loc.evaluate((el) => el === document.activeElement);
+  await alice.locator(tid('members-open')).focus();
+  await alice.keyboard.press('Tab');
+  check(await alice.evaluate(() => document.activeElement.id) === 'messages', 'Tab from the header does not reach the message log');
+  check(!(await msg(alice, snacks).locator(tid('msg-react')).isVisible()), 'message actions show without hover or focus');
+  await alice.keyboard.press('End');
+  check(await focused(msg(alice, 'Great, thanks Bob!')), 'End does not focus the newest message');
+  await alice.keyboard.press('ArrowUp');
+  await alice.keyboard.press('ArrowUp');
+  check(await focused(msg(alice, snacks)), 'ArrowUp does not move the focus to the message above');
+  await msg(alice, snacks).locator(tid('msg-react')).waitFor({ state: 'visible' });
+  await alice.keyboard.press('Tab'); // Reply
+  await alice.keyboard.press('Tab'); // React
+  check(await focused(msg(alice, snacks).locator(tid('msg-react'))), 'Tab from a focused message does not reach its React button');
+  await alice.keyboard.press('Enter');
+  check(await focused(msg(alice, snacks).locator(`${tid('react-option')}[data-emoji="👍"]`)), 'the opened picker does not take the focus');
+  await alice.keyboard.press('Enter');
+  for (const p of [bob, carol]) await msg(p, snacks).locator(`${tid('reaction')}[data-emoji="👍"]`).waitFor();
+  await msg(alice, snacks).locator(`${tid('reaction')}[data-emoji="👍"]`).waitFor();
+  check(await focused(msg(alice, snacks).locator(tid('msg-react'))), 'picking an emoji loses the keyboard focus');
+  await alice.keyboard.press('Escape');
+  check(await focused(alice.locator(tid('composer'))), 'Escape from a message does not return to the composer');
+
   step('edits, deletes and reactions are not shown as bubbles of their own');
   const groupSeqs = await seqsInView(carol);
   check(new Set(groupSeqs).size === groupSeqs.length, `carol has duplicate messages: ${groupSeqs}`);
@@ -367,7 +396,30 @@ async function scenarios(browser) {
   await phone.locator(tid('back')).click();
   await convItem(phone, 'Alice').waitFor();
 
-  // ---- f. removed while offline: the next sync drops the conversation
+  // ---- f. two tabs of one login (one device): each gets the other's messages, once
+  step('bob opens a second tab; what either tab sends shows live in the other, exactly once');
+  const bob2 = watch(await bob.context().newPage(), 'bob2');
+  await bob2.goto(BASE + '/');
+  await connected(bob2);
+  await openConv(bob2, 'Alice');
+  await send(bob, 'Sent from my first tab');
+  await seen(bob2, 'Sent from my first tab');
+  await seen(alice, 'Sent from my first tab');
+  await send(bob2, 'Sent from my second tab');
+  await seen(bob, 'Sent from my second tab');
+  await seen(alice, 'Sent from my second tab');
+  await statusIs(bob, 'Sent from my second tab', ['sent', 'delivered', 'read']);
+  for (const p of [bob, bob2]) {
+    const tabSeqs = await seqsInView(p);
+    check(new Set(tabSeqs).size === tabSeqs.length, `a tab of bob has duplicate seqs: ${tabSeqs}`);
+    for (const text of ['Sent from my first tab', 'Sent from my second tab']) {
+      check(await msg(p, text).count() === 1, `a tab of bob does not show “${text}” exactly once`);
+    }
+  }
+  await bob2.close();
+  pages.delete('bob2');
+
+  // ---- g. removed while offline: the next sync drops the conversation
   step('carol goes offline; alice removes her from the group; back online, the group leaves her list');
   await convItem(carol, 'Weekend trip').waitFor();
   await carol.context().setOffline(true);

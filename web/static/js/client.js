@@ -12,9 +12,10 @@ const PAGE = 50;
 const RETRYABLE = new Set(['rate_limited', 'unavailable']);
 
 let socket = null;
-let inflight = new Set();    // outbox ids sent on the current connection
+let inflight = new Map();    // outbox id → entry, sent on the current connection
 let syncChain = Promise.resolve();
 let outboxRetry = 0;
+let foreignFlush = 0;
 let notify = () => {};       // shows a message to the user (toast)
 const waiting = new Map();   // conversation id → live events held while the conversation is fetched
 const receipts = { delivered: new Map(), read: new Map() }; // queued, conversation id → seq
@@ -31,8 +32,8 @@ export function start(me, { onNotice }) {
   gen++;
   S.reset(me);
   state.outbox = new Outbox(me.id);
-  state.outbox.onChange = () => { flushOutbox(); S.changed(); };
-  inflight = new Set();
+  state.outbox.onChange = onForeignOutbox;
+  inflight = new Map();
   socket = new Socket({ ticket: api.ticket, onFrame, onState });
   socket.start();
   document.addEventListener('visibilitychange', onAttention);
@@ -49,7 +50,8 @@ export function stop() {
   state.outbox?.close();
   clearTimeout(receiptTimer);
   clearTimeout(outboxRetry);
-  receiptTimer = outboxRetry = 0;
+  clearTimeout(foreignFlush);
+  receiptTimer = outboxRetry = foreignFlush = 0;
   for (const m of [receipts.delivered, receipts.read, sentReceipts.delivered, sentReceipts.read, waiting]) m.clear();
   document.removeEventListener('visibilitychange', onAttention);
   window.removeEventListener('focus', onAttention);
@@ -68,6 +70,7 @@ function onFrame(f) {
     case 'ready':
       inflight.clear();
       flushOutbox();
+      resendReceipts();
       flushReceipts();
       runSync();
       break;
@@ -171,6 +174,7 @@ function leftConv(cid, message) {
   if (!state.convs.has(cid)) return;
   if (message) notify(message);
   S.dropConv(cid);
+  for (const m of [receipts.delivered, receipts.read, sentReceipts.delivered, sentReceipts.read]) m.delete(cid);
   if (state.openId === cid) state.openId = null;
   S.changed();
 }
@@ -187,7 +191,7 @@ function fill(cid) {
       for (;;) {
         const r = await api.messages(cid, { after: tl.held, limit: 200 });
         const added = S.appendPage(tl, r.messages);
-        for (const m of r.messages) afterStored(cid, m);
+        for (const m of r.messages) afterStored(m);
         S.changed();
         if (!r.has_more || !added) break;
       }
@@ -198,13 +202,12 @@ function fill(cid) {
   return tl.filling;
 }
 
-// afterStored settles the outbox for a stored event of mine: history or another tab may bring
-// it before (or instead of) its ack.
-function afterStored(cid, m) {
-  if (m.sender_id === state.me.id && state.outbox.get(m.id)) {
-    state.outbox.remove(m.id);
-    inflight.delete(m.id);
-  }
+// afterStored settles the outbox for a stored event of mine: another tab's send (a message
+// frame) or history may bring it before (or instead of) its ack.
+function afterStored(m) {
+  if (m.sender_id !== state.me.id) return;
+  inflight.delete(m.id);
+  if (state.outbox.get(m.id)) state.outbox.remove(m.id);
 }
 
 export async function openConversation(cid) {
@@ -227,7 +230,7 @@ export async function openConversation(cid) {
     const page = await api.messages(cid, { limit: PAGE });
     if (g !== gen) return;
     S.loadNewest(tl, page);
-    for (const m of page.messages) afterStored(cid, m);
+    for (const m of page.messages) afterStored(m);
   } catch (e) {
     if (g !== gen) return;
     tl.status = 'error';
@@ -310,7 +313,7 @@ function ingest(ev) {
   const openVisible = cid === state.openId && attentive();
   S.noteEvent(conv, ev, !openVisible);
   if (ev.kind === 'text' && !mine) S.setTyping(cid, ev.sender_id, false);
-  afterStored(cid, ev);
+  afterStored(ev);
   const tl = state.timelines.get(cid);
   if (tl && S.acceptLive(tl, ev) === 'gap') fill(cid);
   if (!mine) queueReceipt('delivered', cid, ev.seq);
@@ -345,8 +348,18 @@ function flushOutbox() {
   for (const e of state.outbox.all()) {
     if (e.failed || inflight.has(e.id)) continue;
     if (!socket.send(frameOf(e))) break;
-    inflight.add(e.id);
+    inflight.set(e.id, e);
   }
+}
+
+// onForeignOutbox follows another tab's change to the shared outbox. That tab sends its own
+// new entries, and this one gets their message frames; only an entry still waiting a while
+// later (its tab may have closed) is sent from here too, under the same id, which the server
+// stores once.
+function onForeignOutbox() {
+  S.changed();
+  clearTimeout(foreignFlush);
+  foreignFlush = setTimeout(flushOutbox, 5000);
 }
 
 export function send(cid, body, replyTo) {
@@ -373,17 +386,15 @@ export function discardSend(id) {
   S.changed();
 }
 
-// onAck turns an outbox entry into the stored event it became: this device gets no message
-// frame for its own events.
+// onAck turns an outbox entry into the stored event it became: the connection that stored it
+// gets no message frame for it. Another tab may have settled the shared entry already (on its
+// own ack, or on the message frame it got for this tab's send), so the copy kept at sending
+// time stands in. An ack matching neither is for an event this tab already took from a
+// message frame.
 function onAck(a) {
+  const e = state.outbox.remove(a.id) || inflight.get(a.id);
   inflight.delete(a.id);
-  const e = state.outbox.remove(a.id);
-  if (!e) {
-    // Another tab of this browser (the same device, so no message frame) settled the entry
-    // first: the stored event is fetched instead.
-    if (state.timelines.get(a.conversation_id)?.status === 'ready') fill(a.conversation_id);
-    return;
-  }
+  if (!e) return;
   if (!state.convs.has(a.conversation_id)) { S.changed(); return; }
   ingest({
     conversation_id: a.conversation_id, seq: a.seq, id: a.id, sender_id: state.me.id, kind: e.kind,
@@ -393,11 +404,11 @@ function onAck(a) {
 
 function onError(f) {
   const e = f.id && state.outbox.get(f.id);
+  if (f.id) inflight.delete(f.id);
   if (!e) {
     if (f.code !== 'rate_limited') console.warn('parley:', f.code, f.message);
     return;
   }
-  inflight.delete(f.id);
   if (RETRYABLE.has(f.code)) {
     clearTimeout(outboxRetry);
     outboxRetry = setTimeout(flushOutbox, 1000 + Math.random() * 1000);
@@ -449,13 +460,27 @@ function queueReceipt(status, cid, seq) {
   if (!receiptTimer) receiptTimer = setTimeout(flushReceipts, 300);
 }
 
+// resendReceipts queues again, after a reconnect, the latest receipts already sent: those sent
+// just before a connection died were lost with it, and nothing answers a receipt. They are
+// cumulative, so a repeat moves nothing.
+function resendReceipts() {
+  for (const status of ['read', 'delivered']) {
+    for (const [cid, seq] of sentReceipts[status]) {
+      if (seq > (receipts[status].get(cid) || 0)) receipts[status].set(cid, seq);
+    }
+    sentReceipts[status].clear();
+  }
+}
+
 function flushReceipts() {
   clearTimeout(receiptTimer);
   receiptTimer = 0;
   if (!socket?.isOpen()) return;
   for (const status of ['read', 'delivered']) {
     for (const [cid, seq] of receipts[status]) {
-      if (status === 'delivered' && (sentReceipts.read.get(cid) || 0) >= seq) { receipts[status].delete(cid); continue; }
+      // A delivered the server has (from another tab or device, or a read) need not go out.
+      const known = Math.max(sentReceipts.read.get(cid) || 0, state.convs.get(cid)?.last_delivered_seq || 0);
+      if (status === 'delivered' && known >= seq) { receipts[status].delete(cid); continue; }
       if (!socket.send({ type: 'receipt', conversation_id: cid, status, seq })) return;
       sentReceipts[status].set(cid, seq);
       receipts[status].delete(cid);

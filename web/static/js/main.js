@@ -13,6 +13,8 @@ import { initMembers, renderMembers, toggleMembers, closeMembers } from './view-
 const $ = (id) => document.getElementById(id);
 let running = false;
 let bannerTimer = 0;
+let shownView = 'list';
+let lastConv = null; // the conversation last on screen, whose list item takes the focus back
 
 function boot() {
   initAuth(startApp);
@@ -57,6 +59,9 @@ function stopApp(message) {
   history.replaceState(null, '', location.pathname + location.search);
   $('app').hidden = true;
   $('conn-banner').hidden = true;
+  $('conn-status').textContent = '';
+  shownView = 'list';
+  lastConv = null;
   clearInterval(bannerTimer);
   showAuth(message);
 }
@@ -101,11 +106,26 @@ function render() {
   if (!running) return;
   // A conversation that disappeared (we left, or were removed) takes the view back to the list.
   if (!S.state.openId && convFromHash()) history.replaceState(null, '', location.pathname + location.search);
-  $('app').dataset.view = S.state.openId && S.state.convs.has(S.state.openId) ? 'chat' : 'list';
+  const view = S.state.openId && S.state.convs.has(S.state.openId) ? 'chat' : 'list';
+  $('app').dataset.view = view;
   renderBanner();
   renderList();
   renderChat();
   renderMembers();
+  if (view !== shownView) moveFocus(view);
+  shownView = view;
+  if (view === 'chat') lastConv = S.state.openId;
+}
+
+// On a phone the list and the conversation take turns on screen: focus left on the one just
+// hidden would drop to the page, so it moves to the start of the other (back button, or the
+// list item of the conversation left).
+function moveFocus(view) {
+  const a = document.activeElement;
+  if (a && a !== document.body && a.getClientRects().length) return; // still on screen
+  const item = lastConv && document.querySelector(`[data-testid="conv-item"][data-conv-id="${CSS.escape(lastConv)}"]`);
+  const to = view === 'chat' ? $('back') : item || $('search');
+  if (to?.getClientRects().length) to.focus({ preventScroll: true });
 }
 
 function renderBanner() {
@@ -116,6 +136,10 @@ function renderBanner() {
   else if (state === 'waiting') text = `Offline — reconnecting in ${Math.max(1, Math.ceil((retryAt - Date.now()) / 1000))}s`;
   const banner = $('conn-banner');
   $('conn-text').textContent = text;
+  // Screen readers hear each change once: no countdown, and retries (waiting, connecting,
+  // waiting…) keep one sentence.
+  const said = state === 'waiting' && navigator.onLine ? 'Connection lost. Reconnecting…' : text;
+  if (state !== 'connecting' && $('conn-status').textContent !== said) $('conn-status').textContent = said;
   $('conn-retry').hidden = state !== 'waiting' || !navigator.onLine;
   banner.hidden = !text;
   banner.dataset.state = navigator.onLine ? state : 'offline';

@@ -10,9 +10,14 @@ const FRAME_TYPE = { text: 'send', edit: 'edit', delete: 'delete', reaction: 're
 export class Outbox {
   constructor(userId) {
     this.key = `parley.outbox.${userId}`;
+    this.saved = true; // whether the stored list holds everything in this.list
     this.list = this.load();
-    // Another tab of the same user may change the outbox; its entries are ours to show too.
-    this.onStorage = (e) => { if (e.key === this.key) { this.list = this.load(); this.onChange?.(); } };
+    // The tabs of one user share the list: each shows the others' pending entries.
+    this.onStorage = (e) => {
+      if (e.key !== this.key || !this.saved) return;
+      this.list = this.load();
+      this.onChange?.();
+    };
     window.addEventListener('storage', this.onStorage);
   }
 
@@ -25,9 +30,20 @@ export class Outbox {
   save() {
     try {
       localStorage.setItem(this.key, JSON.stringify(this.list));
+      this.saved = true;
     } catch {
       // Storage full: the entries stay in memory and are still sent while this page lives.
+      this.saved = false;
     }
+  }
+
+  // change applies f to the stored list as it is now, not to this tab's copy, which another
+  // tab's write may not have reached yet: two tabs writing at once keep each other's entries.
+  change(f) {
+    if (this.saved) this.list = this.load();
+    const result = f(this.list);
+    this.save();
+    return result;
   }
 
   all() { return this.list; }
@@ -35,24 +51,23 @@ export class Outbox {
   get(id) { return this.list.find((e) => e.id === id); }
 
   add(entry) {
-    this.list.push(entry);
-    this.save();
+    this.change((list) => list.push(entry));
   }
 
   update(id, patch) {
-    const e = this.get(id);
-    if (!e) return;
-    Object.assign(e, patch);
-    for (const [k, v] of Object.entries(patch)) if (v === undefined) delete e[k];
-    this.save();
+    this.change((list) => {
+      const e = list.find((x) => x.id === id);
+      if (!e) return;
+      Object.assign(e, patch);
+      for (const [k, v] of Object.entries(patch)) if (v === undefined) delete e[k];
+    });
   }
 
   remove(id) {
-    const i = this.list.findIndex((e) => e.id === id);
-    if (i < 0) return null;
-    const [e] = this.list.splice(i, 1);
-    this.save();
-    return e;
+    return this.change((list) => {
+      const i = list.findIndex((e) => e.id === id);
+      return i < 0 ? null : list.splice(i, 1)[0];
+    });
   }
 
   clear() {

@@ -184,7 +184,7 @@ export function applyReceipt(f) {
   const conv = state.convs.get(f.conversation_id);
   if (!conv) return;
   if (f.user_id === state.me.id) {
-    // Another device of mine moved my cursor.
+    // Another device or tab of mine moved my cursor.
     if (f.status === 'read') {
       conv.last_read_seq = Math.max(conv.last_read_seq || 0, f.seq);
       if (conv.last_read_seq >= conv.last_seq) conv.unread_count = 0;

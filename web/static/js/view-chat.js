@@ -15,6 +15,7 @@ const nodes = new Map();     // item key → {el, sig}
 const drafts = new Map();    // conversation id → unsent composer text
 let mode = null;             // {kind: 'reply'|'edit', seq, draft}
 let picker = 0;              // seq whose emoji picker is open
+let focusPicker = 0;         // seq whose just-opened picker takes the focus
 let confirmDelete = 0;       // seq whose delete awaits confirmation
 let confirmTimer = 0;
 let stick = true;            // keep the log scrolled to the newest message
@@ -43,6 +44,7 @@ export function initChat({ onBack, onMembers, onNotice }) {
     if (stick) $('jump').hidden = true;
     if (box.scrollTop < 300 && current) C.loadOlder(current);
   }, { passive: true });
+  box.addEventListener('keydown', onLogKey);
   $('jump').addEventListener('click', () => { stick = true; scrollToBottom(); $('jump').hidden = true; });
   document.addEventListener('keydown', (e) => {
     if (e.key === 'Escape' && picker) { picker = 0; S.changed(); }
@@ -74,6 +76,25 @@ function onKey(e) {
     const last = tl && [...tl.msgs.values()].filter((m) => m.kind === 'text' && m.sender_id === state.me.id && !m.deleted).sort((a, b) => b.seq - a.seq)[0];
     if (last) { e.preventDefault(); startEdit(last); }
   }
+}
+
+// The log is one tab stop: from it, or from a message, the arrow keys and Home/End move the
+// focus between messages (each focusable with tabindex -1). A focused message shows its
+// actions, which Tab reaches next; Escape goes back to the composer.
+function onLogKey(e) {
+  if (e.altKey || e.ctrlKey || e.metaKey || e.shiftKey) return;
+  const items = [...$('msg-list').querySelectorAll('[data-testid="msg"]')];
+  const at = items.indexOf(e.target);
+  if (e.key === 'Escape') {
+    if (!picker && e.target.closest('[data-testid="msg"]')) { e.preventDefault(); composer().focus(); }
+    return;
+  }
+  if (!items.length || (at < 0 && e.target !== e.currentTarget)) return; // keys inside a control are its own
+  const last = items.length - 1;
+  const next = { ArrowUp: at < 0 ? last : at - 1, ArrowDown: at < 0 ? last : at + 1, Home: 0, End: last }[e.key];
+  if (next === undefined) return;
+  e.preventDefault();
+  items[Math.max(0, Math.min(last, next))].focus();
 }
 
 function submit() {
@@ -146,7 +167,7 @@ function switchTo(cid) {
   $('msg-list').replaceChildren();
   $('jump').hidden = true;
   mode = null;
-  picker = confirmDelete = 0;
+  picker = confirmDelete = focusPicker = 0;
   newestSeq = 0;
   stick = true;
   if (cid) {
@@ -232,6 +253,10 @@ function renderMessages(conv) {
   }
   const items = tl && tl.status === 'ready' ? buildItems(conv, tl) : [];
   reconcile(list, items);
+  if (focusPicker) {
+    list.querySelector(`[data-seq="${focusPicker}"] [data-testid="react-option"]`)?.focus({ preventScroll: true });
+    focusPicker = 0;
+  }
   if (stick) scrollToBottom();
   else if (anchor && anchor.isConnected) box.scrollTop += anchor.getBoundingClientRect().top - anchorTop;
 
@@ -246,7 +271,7 @@ function renderMessages(conv) {
 }
 
 // reconcile puts the items' elements in order under parent, rebuilding only those whose
-// signature changed.
+// signature changed. Keyboard focus survives: see keepFocus.
 function reconcile(parent, items) {
   const keep = new Set();
   let cursor = parent.firstChild;
@@ -259,12 +284,40 @@ function reconcile(parent, items) {
     }
     if (n.sig !== it.sig) {
       n.sig = it.sig;
+      const had = focusedIn(n.el);
       it.fill(n.el);
+      if (had) keepFocus(n.el, had);
     }
     if (n.el === cursor) cursor = cursor.nextSibling;
     else parent.insertBefore(n.el, cursor);
   }
-  for (const [key, n] of nodes) if (!keep.has(key)) { n.el.remove(); nodes.delete(key); }
+  for (const [key, n] of nodes) {
+    if (keep.has(key)) continue;
+    // A pending message that was stored hands the focus to its stored self.
+    const had = n.el.contains(document.activeElement);
+    n.el.remove();
+    nodes.delete(key);
+    if (had) (parent.querySelector(`[data-id="${CSS.escape(n.el.dataset.id || '')}"]`) || $('messages')).focus({ preventScroll: true });
+  }
+}
+
+// Controls that take the focus when the focused one goes away in a rebuild.
+const FOCUS_NEXT = { 'msg-delete': 'msg-delete-confirm', 'msg-delete-confirm': 'msg-delete', 'react-option': 'msg-react' };
+
+// focusedIn describes the control inside el that has the focus, if any.
+function focusedIn(el) {
+  const a = document.activeElement;
+  if (!a || a === el || !el.contains(a)) return null;
+  return { testid: a.dataset.testid, emoji: a.dataset.emoji };
+}
+
+// keepFocus puts the focus back after el was rebuilt: on the same control, else on the one
+// that replaced it (Delete and its confirmation, a picked emoji and React), else on el. The
+// message takes it first: its actions are displayed only while the focus is within.
+function keepFocus(el, had) {
+  const find = (testid, emoji) => testid && el.querySelector(`[data-testid="${testid}"]${emoji ? `[data-emoji="${CSS.escape(emoji)}"]` : ''}`);
+  el.focus({ preventScroll: true });
+  (find(had.testid, had.emoji) || find(FOCUS_NEXT[had.testid]))?.focus({ preventScroll: true });
 }
 
 function buildItems(conv, tl) {
@@ -312,7 +365,7 @@ function buildItems(conv, tl) {
       sig: JSON.stringify([m.body, m.deleted, m.edited_ts, m.reactions, ctx]),
       create: () => h('div', {
         class: 'msg ' + (mine ? 'mine' : 'theirs'), 'data-testid': 'msg', 'data-seq': m.seq,
-        'data-id': m.id, 'data-mine': String(mine), onclick: toggleActive,
+        'data-id': m.id, 'data-mine': String(mine), tabindex: -1, onclick: toggleActive,
       }),
       fill: (el) => fillMessage(el, conv, m, ctx),
     });
@@ -326,7 +379,7 @@ function buildItems(conv, tl) {
     out.push({
       key: 'p:' + e.id,
       sig: JSON.stringify([e.failed, quote, first]),
-      create: () => h('div', { class: 'msg mine', 'data-testid': 'msg', 'data-id': e.id, 'data-mine': 'true' }),
+      create: () => h('div', { class: 'msg mine', 'data-testid': 'msg', 'data-id': e.id, 'data-mine': 'true', tabindex: -1 }),
       fill: (el) => fillPending(el, e, quote, first),
     });
   }
@@ -386,7 +439,10 @@ function fillMessage(el, conv, m, ctx) {
     h('button', { type: 'button', class: 'icon-button', 'aria-label': label, title: label, 'data-testid': testid, onclick, ...extra }, icon(name));
   const actions = m.deleted ? null : h('div', { class: 'actions', role: 'group', 'aria-label': 'Message actions' },
     actionButton('reply', 'Reply', 'msg-reply', () => startReply(m)),
-    actionButton('smile', 'React', 'msg-react', () => { picker = picker === m.seq ? 0 : m.seq; S.changed(); }, { 'aria-expanded': String(ctx.picker) }),
+    actionButton('smile', 'React', 'msg-react', () => {
+      picker = focusPicker = picker === m.seq ? 0 : m.seq;
+      S.changed();
+    }, { 'aria-expanded': String(ctx.picker) }),
     ctx.mine ? actionButton('edit', 'Edit', 'msg-edit', () => startEdit(m)) : null,
     !ctx.canDelete ? null : ctx.confirm
       ? h('button', { type: 'button', class: 'confirm-delete', 'data-testid': 'msg-delete-confirm', onclick: () => { confirmDelete = 0; C.remove(cid, m.seq); S.changed(); } }, 'Delete?')
@@ -443,9 +499,10 @@ function askDelete(seq) {
 }
 
 function jumpTo(seq) {
-  const el = $('msg-list').querySelector(`[data-seq="${seq}"]`);
+  const el = $('msg-list').querySelector(`[data-seq="${Number(seq)}"]`);
   if (!el) { notify('That message is further back; scroll up to load it.'); return; }
   el.scrollIntoView({ block: 'center', behavior: 'smooth' });
+  el.focus({ preventScroll: true }); // a keyboard user goes on from the quoted message
   el.classList.remove('flash');
   void el.offsetWidth; // restart the highlight animation
   el.classList.add('flash');
