@@ -64,7 +64,8 @@ func TestWebAppServed(t *testing.T) {
 }
 
 // TestWebE2E drives the web app in headless Chromium through Playwright (web/e2e/e2e.mjs):
-// three users in two conversations, typing, ticks, an offline period, and an XSS body. It
+// three users in two conversations, typing, ticks, an offline period, and an XSS body, with
+// access tokens that expire every 3 s. It
 // needs Node.js, web/e2e/node_modules (npm ci) and Chromium; .ci/run installs them. Without
 // them it skips, unless PARLEY_TEST_REQUIRE_SERVICES=1.
 //
@@ -111,7 +112,9 @@ func TestWebE2E(t *testing.T) {
 	}
 	t.Logf("screenshots in %s", shots)
 
-	ts := startServer(t, nil)
+	// Access tokens that expire every few seconds make the whole run go through the app's
+	// transparent refresh (REST calls and WebSocket tickets) many times over.
+	ts := startServer(t, func(c *Config) { c.API.AccessTTL = 3 * time.Second })
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, node, "e2e.mjs")
