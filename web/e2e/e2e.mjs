@@ -487,6 +487,22 @@ async function scenarios(browser) {
   await connected(carol);
   await convItem(carol, 'Weekend trip').waitFor({ state: 'detached' });
 
+  step('alice adds carol back: the group returns to her list live; carol leaves it herself');
+  await alice.locator(tid('members-open')).click();
+  await alice.locator(tid('members-add-input')).fill(users.carol.username);
+  await alice.locator(tid('members-add')).click();
+  await alice.locator(tid('member')).filter({ hasText: 'Carol' }).waitFor();
+  await alice.locator(tid('members-close')).click();
+  await openConv(carol, 'Weekend trip');
+  await carol.locator(tid('members-open')).click();
+  await carol.locator(tid('members-leave')).click();
+  await carol.locator(tid('members-leave')).click(); // leaving takes a confirming click
+  await convItem(carol, 'Weekend trip').waitFor({ state: 'detached' });
+  await alice.locator(tid('members-open')).click();
+  await alice.locator(tid('member')).filter({ hasText: 'Carol' }).waitFor({ state: 'detached' });
+  check(await alice.locator(tid('member')).count() === 2, "after carol left, alice's group should list 2 members");
+  await alice.locator(tid('members-close')).click();
+
   assertNoProblems();
 }
 
