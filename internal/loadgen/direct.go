@@ -45,6 +45,10 @@ type DirectResult struct {
 	DeliveredPerS float64 `json:"delivered_per_s"`
 	SendToAck     Summary `json:"send_to_ack"`
 	SendToDeliver Summary `json:"send_to_deliver"`
+	// SendLateness (rate only) is how late, after its scheduled time, each message was
+	// written to the socket: the load generator's own delay (a timer firing late, a core
+	// busy elsewhere). It is inside the latencies above, which count from the schedule.
+	SendLateness *Summary `json:"send_lateness,omitempty"`
 	// Correctness, over the whole run: acked messages never delivered, and deliveries of a
 	// seq already delivered.
 	Lost       int `json:"lost"`
@@ -64,7 +68,14 @@ func (r DirectResult) String() string {
   send→deliver %s
   lost %d  duplicates %d  errors %d`,
 		r.Scenario, r.Pairs, mode, r.DurationS, r.AckedPerS, r.Acked, r.DeliveredPerS, r.Delivered,
-		r.SendToAck, r.SendToDeliver, r.Lost, r.Duplicates, r.Errors)
+		r.SendToAck, r.SendToDeliver, r.Lost, r.Duplicates, r.Errors) + r.lateness()
+}
+
+func (r DirectResult) lateness() string {
+	if r.SendLateness == nil {
+		return ""
+	}
+	return fmt.Sprintf("\n  send lateness %s  (schedule → written, the generator's own delay; inside the above)", *r.SendLateness)
 }
 
 // tracker checks that every acked message of one conversation is delivered exactly once to
@@ -127,6 +138,7 @@ func (w window) in(t time.Time) bool { return !t.Before(w.from) && t.Before(w.to
 type meter struct {
 	win              window
 	ackH, delH       Histogram
+	lateH            Histogram // rate: schedule → frame written
 	acked, delivered atomic.Uint64
 	errs             atomic.Int64
 }
@@ -171,6 +183,8 @@ func (m *meter) send(s *sender, t0 time.Time) error {
 	err := s.c.send(id, s.conv, strconv.FormatInt(t0.UnixNano(), 10))
 	if err != nil {
 		m.errs.Add(1)
+	} else if m.win.in(t0) {
+		m.lateH.Record(time.Since(t0))
 	}
 	return err
 }
@@ -321,6 +335,8 @@ func Direct(ctx context.Context, cfg DirectConfig) (DirectResult, error) {
 	}
 	if cfg.Rate > 0 {
 		res.Scenario, res.InFlight = "rate", 0
+		late := m.lateH.Summary()
+		res.SendLateness = &late
 	}
 	res.AckedPerS = float64(res.Acked) / elapsed.Seconds()
 	res.DeliveredPerS = float64(res.Delivered) / elapsed.Seconds()
