@@ -205,7 +205,7 @@ func (s *Store) CreateDirect(ctx context.Context, id, a, b string, ts int64) (pr
 		case err == nil:
 			id = existing
 		case errors.Is(err, sql.ErrNoRows):
-			v, err := bumpVersion(ctx, tx)
+			v, err := s.bumpVersion(ctx, tx)
 			if err != nil {
 				return err
 			}
@@ -320,7 +320,7 @@ func (s *Store) CreateGroup(ctx context.Context, c protocol.Conversation, creato
 
 	var out protocol.Conversation
 	err := s.write(ctx, func(tx *sql.Tx) error {
-		v, err := bumpVersion(ctx, tx)
+		v, err := s.bumpVersion(ctx, tx)
 		if err != nil {
 			return err
 		}
@@ -386,7 +386,7 @@ func (s *Store) ChangeMembership(ctx context.Context, id string, ts int64, fn st
 			return err
 		}
 
-		v, err := bumpVersion(ctx, tx)
+		v, err := s.bumpVersion(ctx, tx)
 		if err != nil {
 			return err
 		}

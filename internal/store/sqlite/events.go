@@ -83,9 +83,9 @@ func (s *Store) Append(ctx context.Context, reqs []store.AppendRequest) ([]store
 		if b.stored == 0 {
 			return errNothingStored
 		}
-		var v int64
-		if err := b.w.bump.QueryRowContext(b.ctx).Scan(&v); err != nil {
-			return fmt.Errorf("bump version: %w", err)
+		v, err := s.bumpVersion(b.ctx, tx)
+		if err != nil {
+			return err
 		}
 		for _, id := range b.order {
 			h := b.heads[id]
@@ -113,7 +113,7 @@ func (b *batch) bind() {
 	b.w = writeStmts{
 		dedupe: st(w.dedupe), member: st(w.member), head: st(w.head), insert: st(w.insert),
 		target: st(w.target), edit: st(w.edit), del: st(w.del), dropReactions: st(w.dropReactions),
-		react: st(w.react), unreact: st(w.unreact), setHead: st(w.setHead), bump: st(w.bump),
+		react: st(w.react), unreact: st(w.unreact), setHead: st(w.setHead),
 	}
 }
 
@@ -449,7 +449,7 @@ func (s *Store) SetCursors(ctx context.Context, ups []store.CursorUpdate) ([]sto
 				continue
 			}
 			if v == 0 {
-				if v, err = bumpVersion(ctx, tx); err != nil {
+				if v, err = s.bumpVersion(ctx, tx); err != nil {
 					return err
 				}
 			}

@@ -341,9 +341,10 @@ func (s *Store) read(ctx context.Context, fn func(tx *sql.Tx) error) error {
 
 // bumpVersion increments the global sync version and returns the new value. Every write
 // transaction that changes what Sync reports calls it once and stamps the rows it changes.
-func bumpVersion(ctx context.Context, tx *sql.Tx) (int64, error) {
+// The statement is prepared once on the writer: Append runs it hundreds of times a second.
+func (s *Store) bumpVersion(ctx context.Context, tx *sql.Tx) (int64, error) {
 	var v int64
-	err := tx.QueryRowContext(ctx, `UPDATE meta SET version = version + 1 RETURNING version`).Scan(&v)
+	err := tx.StmtContext(ctx, s.w.bump).QueryRowContext(ctx).Scan(&v)
 	if err != nil {
 		return 0, fmt.Errorf("bump version: %w", err)
 	}

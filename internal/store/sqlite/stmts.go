@@ -19,7 +19,8 @@ const convSelect = `SELECT c.id, c.type, c.name, c.last_seq, c.last_text_seq, c.
 	c.updated_ts, m.last_read_seq, m.last_delivered_seq
 	FROM members m JOIN conversations c ON c.id = m.conversation_id`
 
-// writeStmts are the statements of Append, prepared on the writer.
+// writeStmts are the statements of Append (and bump, of every write that Sync reports),
+// prepared on the writer.
 type writeStmts struct {
 	dedupe, member, head, insert, target, edit, del, dropReactions, react, unreact, setHead, bump *sql.Stmt
 }
