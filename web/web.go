@@ -13,7 +13,6 @@ import (
 	"io/fs"
 	"net/http"
 	"path"
-	"strings"
 	"time"
 )
 
@@ -66,7 +65,7 @@ func Handler() http.Handler {
 			p = "/index.html"
 		}
 		a, ok := assets[p]
-		if !ok || strings.HasPrefix(p, "/api/") {
+		if !ok {
 			http.NotFound(w, r)
 			return
 		}

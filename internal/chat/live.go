@@ -30,7 +30,7 @@ type receiptOp struct {
 // Cursors are cumulative: a receipt for seq covers everything up to it, and one that would
 // move a cursor back changes nothing. Receipts are batched (many per transaction) on their
 // own goroutine, apart from the event sequencer: they are frequent, need no seq, and must
-// // not slow sends. If the cursor moved, every connection of every member except origin (the
+// not slow sends. If the cursor moved, every connection of every member except origin (the
 // sending connection, as in Event.Origin) gets a receipt frame. done (may be nil) gets the
 // error for a bad receipt; it must not block.
 func (s *Service) SubmitReceipt(userID, origin, conversationID, status string, seq int64, done func(error)) {

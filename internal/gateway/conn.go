@@ -423,5 +423,6 @@ func (c *Conn) end(code ws.StatusCode, reason string, wait time.Duration, reset 
 
 // origin names this connection across nodes, for the fan-out to skip it: its events' acks
 // and its own receipts are not echoed back, while the device's other connections (browser
-// tabs share a device) get them.
+// tabs share a device) get them. Built when a frame needs it rather than kept: an idle
+// connection should not carry it.
 func (c *Conn) origin() string { return c.g.origin + strconv.FormatUint(c.id, 36) }
