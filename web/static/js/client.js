@@ -287,14 +287,7 @@ async function onMessage(ev) {
     if (waiting.has(cid)) { waiting.get(cid).push(ev); return; }
     waiting.set(cid, [ev]);
     const g = gen;
-    try {
-      const { conversation } = await api.conversation(cid);
-      if (g !== gen) return;
-      S.mergeConv(conversation);
-      fetchPresence();
-    } catch {
-      // Not (or no longer) a member: nothing to show.
-    }
+    await refreshConv(cid); // not (or no longer) a member: nothing to show
     if (g !== gen) return;
     const held = waiting.get(cid);
     waiting.delete(cid);

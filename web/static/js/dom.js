@@ -16,6 +16,20 @@ export function h(tag, props, ...children) {
 }
 
 // fill replaces el's children; like h, it skips null and false children.
+// withBusy runs f with button disabled (no double submit), clearing showError's message
+// first and showing f's error through it.
+export async function withBusy(button, showError, f) {
+  button.disabled = true;
+  showError('');
+  try {
+    await f();
+  } catch (err) {
+    showError(err.message);
+  } finally {
+    button.disabled = false;
+  }
+}
+
 export function fill(el, ...children) {
   el.replaceChildren();
   return append(el, children);

@@ -1,6 +1,6 @@
 // The sidebar: who I am, starting conversations, search, and the conversation list.
 
-import { h, avatar, fmtListTime } from './dom.js';
+import { h, avatar, fmtListTime, withBusy } from './dom.js';
 import * as S from './store.js';
 import * as C from './client.js';
 
@@ -42,18 +42,7 @@ export function resetList() {
   showError('');
 }
 
-async function withForm(form, f) {
-  const button = form.querySelector('button[type="submit"]');
-  button.disabled = true;
-  showError('');
-  try {
-    await f();
-  } catch (err) {
-    showError(err.message);
-  } finally {
-    button.disabled = false;
-  }
-}
+const withForm = (form, f) => withBusy(form.querySelector('button[type="submit"]'), showError, f);
 
 function showError(text) {
   const el = $('new-chat-error');

@@ -1,6 +1,6 @@
 // The members panel of a group: members with roles, add and remove (admins), rename, leave.
 
-import { h, avatar } from './dom.js';
+import { h, avatar, withBusy } from './dom.js';
 import * as S from './store.js';
 import * as C from './client.js';
 
@@ -73,17 +73,7 @@ export function closeMembers() {
   if (!$('members-open').hidden) $('members-open').focus();
 }
 
-async function run(button, f) {
-  button.disabled = true;
-  showError('');
-  try {
-    await f();
-  } catch (err) {
-    showError(err.message);
-  } finally {
-    button.disabled = false;
-  }
-}
+const run = (button, f) => withBusy(button, showError, f);
 
 function showError(text) {
   $('members-error').textContent = text;
