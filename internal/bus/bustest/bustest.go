@@ -45,6 +45,7 @@ func Run(t *testing.T, open func(t *testing.T) bus.Bus) {
 	t.Run("ManySubscriptionsNoGoroutineEach", func(t *testing.T) { testManySubscriptions(t, open) })
 	t.Run("DataValidAfterHandlerReturns", func(t *testing.T) { testDataRetained(t, open) })
 	t.Run("CloseStopsGoroutinesAndPublish", func(t *testing.T) { testClose(t, open) })
+	t.Run("BadSubjectsRefused", func(t *testing.T) { testBadSubjects(t, open) })
 }
 
 // openBus opens a bus that is closed when the test ends.
@@ -215,6 +216,20 @@ func testWildcard(t *testing.T, open func(t *testing.T) bus.Bus) {
 	slices.Sort(want)
 	if !slices.Equal(got, want) {
 		t.Errorf("subscriber of %s.> got %q, want %q", p, got, want)
+	}
+
+	// ">" is a wildcard only as a whole token: "x.a>" is a subject like any other.
+	lit := newRecorder()
+	subscribe(t, b, other+".a>", lit.handle)
+	flush(t, b)
+	publish(t, b, other+".abc", []byte("no"))
+	publish(t, b, other+".a.b", []byte("no"))
+	publish(t, b, other+".a>", []byte("yes"))
+	flush(t, b)
+	lit.waitN(t, 1, "subscriber of "+other+".a>")
+	time.Sleep(settle)
+	if got := subjects(lit.snapshot()); !slices.Equal(got, []string{other + ".a>=yes"}) {
+		t.Errorf("subscriber of %s.a> got %q, want only the message published to that subject", other, got)
 	}
 }
 
@@ -464,4 +479,29 @@ func testClose(t *testing.T, open func(t *testing.T) bus.Bus) {
 		t.Errorf("after opening and closing %d buses: %d goroutines, %d before (slack %d)\n%s", closeRounds, g, before, goroutineSlack, dump.String())
 	}
 	t.Logf("goroutines: %d before, %d after %d buses were opened and closed", before, g, closeRounds)
+}
+
+// testBadSubjects: subjects are dot-separated tokens, and only a subscription may end in
+// ">". A refused call changes nothing: the bus goes on delivering.
+func testBadSubjects(t *testing.T, open func(t *testing.T) bus.Bus) {
+	b := openBus(t, open)
+	p := prefix(t)
+	nop := func(string, []byte) {}
+	for _, s := range []string{"", ".", p + ".", "." + p, p + "..a", p + ".a b", p + ".*", p + ".>.a"} {
+		if _, err := b.Subscribe(s, nop); err == nil {
+			t.Errorf("Subscribe(%q) = nil error, want one", s)
+		}
+	}
+	for _, s := range []string{"", p + "..a", p + ".a b", p + ".>", p + ".*"} {
+		if err := b.Publish(s, []byte("x")); err == nil {
+			t.Errorf("Publish(%q) = nil error, want one", s)
+		}
+	}
+	r := newRecorder()
+	subscribe(t, b, p+".ok", r.handle)
+	flush(t, b)
+	publish(t, b, p+".ok", []byte("after"))
+	if got := r.waitN(t, 1, "subscriber after refused calls"); string(got[0].data) != "after" {
+		t.Errorf("got %q, want [after]", subjects(got))
+	}
 }

@@ -2,17 +2,29 @@
 // (no TCP port, JetStream on disk) and Connect dials an external server or cluster, so
 // scaling out changes only how the Bus is built.
 //
+// A Bus delivers to its own subscribers itself. A message published on this node for a
+// subscriber on this node (a user connected to this node's gateway, which is nearly every
+// delivery on one node) is put straight on the dispatcher's queue, copied once; NATS carries
+// only what other nodes need. The connection is made with NoEcho, so the server never sends a
+// Bus back its own publishes and nothing arrives twice. The embedded server has no port, so
+// no other node can subscribe to it or publish through it: there a Bus keeps core pub/sub
+// entirely in the process and registers no subscription at the server (JetStream, for
+// durable queues, is the server's). Going through the in-process server cost five goroutine
+// hand-offs and about 830 bytes per subscription for messages that never leave the process;
+// docs/benchmarks.md has the measurements.
+//
 // A gateway holds one subscription per online user, tens of thousands per process, so a
 // subscription must cost a few hundred bytes, not a goroutine. Every subscription of a Bus
-// therefore feeds one shared buffered channel (nats.go's ChanSubscribe), and one dispatcher
-// goroutine owned by the Bus looks the handler up by *nats.Subscription and calls it. When
-// that channel is full nats.go drops the message instead of blocking the connection's read
-// loop; the Bus counts the drops (Stats) and logs them at most once per slowLogEvery.
-// Dropping is within the bus contract: delivery is at most once, and a subscriber catches up
-// from the store.
+// therefore feeds one dispatcher goroutine owned by the Bus: messages from NATS arrive on
+// one shared buffered channel (nats.go's ChanSubscribe), local ones on another, and the
+// dispatcher calls the handlers. When a channel is full the message is dropped instead of
+// blocking the publisher or the connection's read loop; the Bus counts the drops (Stats)
+// and logs them at most once per slowLogEvery. Dropping is within the bus contract: delivery
+// is at most once, and a subscriber catches up from the store.
 //
-// Handlers may keep the data slice they are given: nats.go allocates every message's payload
-// afresh, and nothing in this package reuses it.
+// Handlers may keep the data slice they are given and must not modify it: nats.go allocates
+// every message's payload afresh, a local publish copies data once for all its local
+// subscribers, and nothing in this package reuses either.
 package natsbus
 
 import (
@@ -21,6 +33,7 @@ import (
 	"fmt"
 	"log/slog"
 	neturl "net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -64,24 +77,39 @@ type Bus struct {
 	js  jetstream.JetStream
 	log *slog.Logger
 	srv *server.Server // set by Embedded only: shut down by Close
+	// inProcess is set when the server is embedded without a port: nothing but this Bus can
+	// publish or subscribe there, so core pub/sub never goes to the server.
+	inProcess bool
 
-	msgs chan *nats.Msg // shared by every subscription; read only by dispatch
-	stop chan struct{}  // closed by Close: dispatch drains msgs and returns
-	done chan struct{}  // closed by dispatch when it returns
+	msgs  chan *nats.Msg // from NATS (other nodes' publishes); read only by dispatch
+	local chan localMsg  // this Bus's publishes to its own subscribers; read only by dispatch
+	stop  chan struct{}  // closed by Close: dispatch drains both channels and returns
+	done  chan struct{}  // closed by dispatch when it returns
 
 	mu          sync.RWMutex
-	subs        map[*nats.Subscription]bus.Handler
+	exact       map[string][]*subscription // by subject, for subjects without a wildcard
+	wild        []*subscription            // subjects ending in ">"
+	byNATS      map[*nats.Subscription]*subscription
 	closed      bool
 	droppedGone uint64 // drops counted on subscriptions already cancelled
 
 	closeOnce sync.Once
 	closeErr  error
 
-	slowEvents atomic.Uint64
+	slowEvents   atomic.Uint64
+	localDropped atomic.Uint64
+	localSlow    atomic.Bool // the local queue dropped since a message last got through
 
 	warnMu     sync.Mutex
 	lastWarn   time.Time
 	suppressed uint64
+}
+
+// localMsg is a local publish queued for one local subscription.
+type localMsg struct {
+	sub     *subscription
+	subject string
+	data    []byte
 }
 
 // Stats are a Bus's counters, for metrics and tests.
@@ -126,11 +154,13 @@ func newBus(log *slog.Logger, size int) *Bus {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Bus{
-		log:  log,
-		msgs: make(chan *nats.Msg, size),
-		stop: make(chan struct{}),
-		done: make(chan struct{}),
-		subs: make(map[*nats.Subscription]bus.Handler),
+		log:    log,
+		msgs:   make(chan *nats.Msg, size),
+		local:  make(chan localMsg, size),
+		stop:   make(chan struct{}),
+		done:   make(chan struct{}),
+		exact:  make(map[string][]*subscription),
+		byNATS: make(map[*nats.Subscription]*subscription),
 	}
 }
 
@@ -149,6 +179,9 @@ func (b *Bus) connect(ctx context.Context, url string, extra ...nats.Option) err
 		nats.MaxReconnects(-1),
 		nats.ReconnectBufSize(reconnectBufSize),
 		nats.NoCallbacksAfterClientClose(),
+		// The Bus hands its own publishes to its own subscribers (Publish), so the server
+		// must not send them back as well.
+		nats.NoEcho(),
 		nats.ErrorHandler(b.asyncError),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
@@ -182,10 +215,49 @@ func (b *Bus) Conn() *nats.Conn { return b.nc }
 // restarts; with Connect, the external server must have JetStream enabled.
 func (b *Bus) JetStream() jetstream.JetStream { return b.js }
 
-// Publish sends data to subject. It only copies data into the connection's write buffer
-// (nats.go flushes it in the background), so the caller may reuse data at once. It fails
-// after Close, and while reconnecting once the reconnect buffer is full.
+// Publish sends data to subject: to this Bus's own subscribers of it directly (data is
+// copied once for all of them), and, unless the server is in-process, to NATS for every
+// other subscriber. The caller may reuse data at once. It fails after Close, for a subject
+// that is empty, has an empty token or white space, or holds a wildcard, and while
+// reconnecting once the reconnect buffer is full.
 func (b *Bus) Publish(subject string, data []byte) error {
+	if err := checkSubject(subject, false); err != nil {
+		return fmt.Errorf("natsbus: publish to %q: %w", subject, err)
+	}
+	b.mu.RLock()
+	if b.closed {
+		b.mu.RUnlock()
+		return fmt.Errorf("natsbus: publish to %q: %w", subject, ErrClosed)
+	}
+	var cp []byte
+	queue := func(s *subscription) {
+		if cp == nil {
+			cp = append(make([]byte, 0, len(data)), data...)
+		}
+		select {
+		case b.local <- localMsg{sub: s, subject: subject, data: cp}:
+		default:
+			b.localDropped.Add(1)
+			if !b.localSlow.Swap(true) {
+				total := b.slowEvents.Add(1)
+				b.warnLimited("bus: dispatch buffer full, dropping messages (slow handlers)",
+					"subject", subject, "buffered", len(b.local), "capacity", cap(b.local),
+					"slow_consumer_events", total)
+			}
+		}
+	}
+	for _, s := range b.exact[subject] {
+		queue(s)
+	}
+	for _, s := range b.wild {
+		if strings.HasPrefix(subject, s.prefix) {
+			queue(s)
+		}
+	}
+	b.mu.RUnlock()
+	if b.inProcess {
+		return nil
+	}
 	if err := b.nc.Publish(subject, data); err != nil {
 		return fmt.Errorf("natsbus: publish to %q: %w", subject, err)
 	}
@@ -193,25 +265,84 @@ func (b *Bus) Publish(subject string, data []byte) error {
 }
 
 // Subscribe calls h, on the Bus's dispatcher goroutine, for every message on subject.
-// The subscription is registered at the server in order with this Bus's later publishes;
-// for publishes from other connections it is in effect once a later Flush returns.
+// The subscription is in effect at once for this Bus's own later publishes; for publishes
+// from other connections, once a later Flush returns.
 func (b *Bus) Subscribe(subject string, h bus.Handler) (bus.Subscription, error) {
 	if h == nil {
 		return nil, fmt.Errorf("natsbus: subscribe to %q: nil handler", subject)
 	}
+	if err := checkSubject(subject, true); err != nil {
+		return nil, fmt.Errorf("natsbus: subscribe to %q: %w", subject, err)
+	}
+	s := &subscription{b: b, subject: subject, h: h}
 	// Holding mu across ChanSubscribe makes sure the dispatcher cannot look up a message of
-	// the new subscription before its handler is in the map.
+	// the new subscription before it is in the map.
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
 		return nil, fmt.Errorf("natsbus: subscribe to %q: %w", subject, ErrClosed)
 	}
-	ns, err := b.nc.ChanSubscribe(subject, b.msgs)
-	if err != nil {
-		return nil, fmt.Errorf("natsbus: subscribe to %q: %w", subject, err)
+	if !b.inProcess {
+		ns, err := b.nc.ChanSubscribe(subject, b.msgs)
+		if err != nil {
+			return nil, fmt.Errorf("natsbus: subscribe to %q: %w", subject, err)
+		}
+		s.ns = ns
+		b.byNATS[ns] = s
 	}
-	b.subs[ns] = h
-	return &subscription{b: b, ns: ns}, nil
+	if p, ok := wildcardPrefix(subject); ok {
+		s.prefix = p
+		b.wild = append(b.wild, s)
+	} else {
+		b.exact[subject] = append(b.exact[subject], s)
+	}
+	s.active = true
+	return s, nil
+}
+
+// wildcardPrefix returns what a subject matching subject must begin with, if subject ends in
+// the token ">" (as in NATS, ">" inside a longer token is an ordinary character).
+func wildcardPrefix(subject string) (string, bool) {
+	if subject == ">" {
+		return "", true
+	}
+	if p, ok := strings.CutSuffix(subject, ">"); ok && strings.HasSuffix(p, ".") {
+		return p, true // with its dot: "a.>" matches "a.b", not "ab"
+	}
+	return "", false
+}
+
+// checkSubject enforces the subjects the bus contract allows: dot-separated non-empty
+// tokens without white space, and (for subscriptions only) a last token of ">". NATS's "*"
+// is not part of the contract, so it is refused rather than half supported.
+func checkSubject(subject string, subscribe bool) error {
+	if subject == "" {
+		return errors.New("empty subject")
+	}
+	rest := subject
+	for rest != "" {
+		tok, after, more := strings.Cut(rest, ".")
+		switch {
+		case tok == "":
+			return errors.New("empty token")
+		case strings.ContainsAny(tok, " \t\r\n"):
+			return errors.New("white space in subject")
+		case strings.Contains(tok, "*"):
+			return errors.New(`"*" wildcards are not supported`)
+		case tok == ">":
+			if !subscribe {
+				return errors.New("wildcard in a published subject")
+			}
+			if more {
+				return errors.New(`">" must be the last token`)
+			}
+		}
+		if more && after == "" {
+			return errors.New("empty token")
+		}
+		rest = after
+	}
+	return nil
 }
 
 // Flush returns once everything published so far has reached the server. Without a
@@ -234,12 +365,15 @@ func (b *Bus) Stats() Stats {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
 	st := Stats{
-		Subscriptions:      len(b.subs),
-		Buffered:           len(b.msgs),
-		Dropped:            b.droppedGone,
+		Buffered:           len(b.msgs) + len(b.local),
+		Dropped:            b.droppedGone + b.localDropped.Load(),
 		SlowConsumerEvents: b.slowEvents.Load(),
 	}
-	for ns := range b.subs {
+	for _, subs := range b.exact {
+		st.Subscriptions += len(subs)
+	}
+	st.Subscriptions += len(b.wild)
+	for ns := range b.byNATS {
 		if n, err := ns.Dropped(); err == nil {
 			st.Dropped += uint64(n)
 		}
@@ -270,6 +404,16 @@ func (b *Bus) close() error {
 			errs = append(errs, fmt.Errorf("natsbus: close: flush: %w", err))
 		}
 	}
+	// Count the subscriptions' drops while nats.go still answers for them, so that Stats
+	// does not go down after Close.
+	b.mu.Lock()
+	for ns := range b.byNATS {
+		if n, err := ns.Dropped(); err == nil {
+			b.droppedGone += uint64(n)
+		}
+	}
+	clear(b.byNATS)
+	b.mu.Unlock()
 	// After Close returns, nats.go has marked every subscription closed under its lock, so
 	// the read loop sends nothing more to b.msgs.
 	b.nc.Close()
@@ -277,7 +421,16 @@ func (b *Bus) close() error {
 	<-b.done
 
 	b.mu.Lock()
-	clear(b.subs)
+	for _, subs := range b.exact {
+		for _, s := range subs {
+			s.active = false
+		}
+	}
+	for _, s := range b.wild {
+		s.active = false
+	}
+	clear(b.exact)
+	b.wild = nil
 	b.mu.Unlock()
 
 	if b.srv != nil {
@@ -292,11 +445,15 @@ func (b *Bus) dispatch() {
 	defer close(b.done)
 	for {
 		select {
+		case m := <-b.local:
+			b.deliverLocal(m)
 		case m := <-b.msgs:
 			b.deliver(m)
 		case <-b.stop:
 			for {
 				select {
+				case m := <-b.local:
+					b.deliverLocal(m)
 				case m := <-b.msgs:
 					b.deliver(m)
 				default:
@@ -307,13 +464,24 @@ func (b *Bus) dispatch() {
 	}
 }
 
-// deliver calls m's handler unless its subscription was cancelled.
+// deliver calls the handler of a message from NATS unless its subscription was cancelled.
 func (b *Bus) deliver(m *nats.Msg) {
 	b.mu.RLock()
-	h := b.subs[m.Sub]
+	s := b.byNATS[m.Sub]
 	b.mu.RUnlock()
-	if h != nil {
-		h(m.Subject, m.Data)
+	if s != nil {
+		s.h(m.Subject, m.Data)
+	}
+}
+
+// deliverLocal calls the handler of a local publish unless its subscription was cancelled.
+func (b *Bus) deliverLocal(m localMsg) {
+	b.localSlow.Store(false)
+	b.mu.RLock()
+	active := m.sub.active
+	b.mu.RUnlock()
+	if active {
+		m.sub.h(m.subject, m.data)
 	}
 }
 
@@ -351,29 +519,57 @@ func (b *Bus) warnLimited(msg string, args ...any) {
 
 // subscription is a bus.Subscription of a Bus.
 type subscription struct {
-	b  *Bus
-	ns *nats.Subscription
+	b       *Bus
+	subject string
+	prefix  string // for a subject ending in ">": the subject without it
+	h       bus.Handler
+	ns      *nats.Subscription // nil when the server is in-process
+	active  bool               // guarded by b.mu
 }
 
-// Unsubscribe stops delivery at once: the handler is removed before the server is told, so
-// messages already buffered for it are skipped. Calling it again, or after Close, is a no-op.
+// Unsubscribe stops delivery at once: the subscription is removed before the server is
+// told, so messages already buffered for it are skipped. Calling it again, or after Close,
+// is a no-op.
 func (s *subscription) Unsubscribe() error {
 	b := s.b
 	b.mu.Lock()
-	_, ok := b.subs[s.ns]
-	if ok {
-		delete(b.subs, s.ns)
+	if !s.active {
+		b.mu.Unlock()
+		return nil
+	}
+	s.active = false
+	if _, ok := wildcardPrefix(s.subject); ok {
+		b.wild = slices.DeleteFunc(b.wild, func(o *subscription) bool { return o == s })
+	} else {
+		subs := slices.DeleteFunc(b.exact[s.subject], func(o *subscription) bool { return o == s })
+		if len(subs) == 0 {
+			delete(b.exact, s.subject)
+		} else {
+			b.exact[s.subject] = subs
+		}
+	}
+	if s.ns != nil {
+		delete(b.byNATS, s.ns)
 		if n, err := s.ns.Dropped(); err == nil {
 			b.droppedGone += uint64(n)
 		}
 	}
 	closed := b.closed
 	b.mu.Unlock()
-	if !ok || closed {
+	if s.ns == nil || closed {
 		return nil
 	}
 	if err := s.ns.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
-		return fmt.Errorf("natsbus: unsubscribe from %q: %w", s.ns.Subject, err)
+		return fmt.Errorf("natsbus: unsubscribe from %q: %w", s.subject, err)
 	}
 	return nil
+}
+
+// ServerSubscriptions returns how many subscriptions the embedded server holds (0 for a Bus
+// made by Connect), for tests and metrics.
+func (b *Bus) ServerSubscriptions() uint32 {
+	if b.srv == nil {
+		return 0
+	}
+	return b.srv.NumSubscriptions()
 }
