@@ -193,6 +193,9 @@ type CursorResult struct {
 	Err                   error
 }
 
+// Durable waits until a committed write is on stable storage (see Events.AppendCommitted).
+type Durable func(ctx context.Context) error
+
 // Events stores the per-conversation event log and per-member read state.
 type Events interface {
 	// Append stores a batch of events in one durable transaction: when it returns nil, every
@@ -202,6 +205,17 @@ type Events interface {
 	// stored, earlier or in the same batch, takes no new seq and returns the original with
 	// Duplicate set. An error from Append itself means nothing of the batch was stored.
 	Append(ctx context.Context, reqs []AppendRequest) ([]AppendResult, error)
+	// AppendCommitted is Append in two steps, for a caller that commits batch after batch
+	// (the chat sequencer): it returns once the batch is committed, so that the next
+	// AppendCommitted continues from it, with durable, which returns nil once the batch is
+	// on stable storage. Nothing of the batch may be acknowledged or published before
+	// durable returns nil, and reads do not show it before then; meanwhile the caller may
+	// commit its next batch, so one batch's sync overlaps the next one's transaction. An
+	// error from durable means the batch may be lost in a crash: report it as failed. It
+	// means the store can no longer promise durability either, so it refuses every later
+	// call.
+	// durable may be called after Close.
+	AppendCommitted(ctx context.Context, reqs []AppendRequest) (results []AppendResult, durable Durable, err error)
 	// Messages returns up to limit events of the conversation with after < seq < before
 	// (before 0 = no upper bound; after < 0 = no lower bound), ascending by seq, and whether
 	// more exist in that range beyond the page. With a lower bound the page is the oldest

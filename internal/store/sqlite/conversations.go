@@ -200,7 +200,7 @@ func (s *Store) CreateDirect(ctx context.Context, id, a, b string, ts int64) (pr
 	err := s.write(ctx, func(tx *sql.Tx) error {
 		key := directKey(a, b)
 		var existing string
-		err := tx.QueryRowContext(ctx, `SELECT id FROM conversations WHERE direct_key = ?`, key).Scan(&existing)
+		err := s.wtx(tx).QueryRowContext(ctx, `SELECT id FROM conversations WHERE direct_key = ?`, key).Scan(&existing)
 		switch {
 		case err == nil:
 			id = existing
@@ -209,7 +209,7 @@ func (s *Store) CreateDirect(ctx context.Context, id, a, b string, ts int64) (pr
 			if err != nil {
 				return err
 			}
-			if _, err := tx.ExecContext(ctx, `INSERT INTO conversations
+			if _, err := s.wtx(tx).ExecContext(ctx, `INSERT INTO conversations
 				(id, type, name, direct_key, last_seq, last_text_seq, created_ts, updated_ts, version)
 				VALUES (?, ?, '', ?, 0, 0, ?, ?, ?)`, id, protocol.Direct, key, ts, ts, v); err != nil {
 				if isConstraint(err) {
@@ -222,7 +222,7 @@ func (s *Store) CreateDirect(ctx context.Context, id, a, b string, ts int64) (pr
 				users = users[:1]
 			}
 			for _, u := range users {
-				if err := insertMember(ctx, tx, id, protocol.Member{UserID: u, Role: protocol.RoleMember}, ts, 0, v); err != nil {
+				if err := s.insertMember(ctx, tx, id, protocol.Member{UserID: u, Role: protocol.RoleMember}, ts, 0, v); err != nil {
 					return err
 				}
 			}
@@ -241,28 +241,28 @@ func (s *Store) CreateDirect(ctx context.Context, id, a, b string, ts int64) (pr
 
 // insertMember adds m to the conversation unless it is a member already, with both receipt
 // cursors at cursor (a member joins having seen the log up to the event that added them).
-func insertMember(ctx context.Context, tx *sql.Tx, convID string, m protocol.Member, ts, cursor, version int64) error {
+func (s *Store) insertMember(ctx context.Context, tx *sql.Tx, convID string, m protocol.Member, ts, cursor, version int64) error {
 	if m.Role == "" {
 		m.Role = protocol.RoleMember
 	}
-	_, err := tx.ExecContext(ctx, `INSERT INTO members
+	_, err := s.wtx(tx).ExecContext(ctx, `INSERT INTO members
 		(conversation_id, user_id, role, joined_ts, last_read_seq, last_delivered_seq, version)
 		VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
 		convID, m.UserID, m.Role, ts, cursor, cursor, version)
 	if err != nil {
 		return err
 	}
-	_, err = tx.ExecContext(ctx, `DELETE FROM departures WHERE user_id = ? AND conversation_id = ?`, m.UserID, convID)
+	_, err = s.wtx(tx).ExecContext(ctx, `DELETE FROM departures WHERE user_id = ? AND conversation_id = ?`, m.UserID, convID)
 	return err
 }
 
 // insertSystem stores a system event with the given seq.
-func insertSystem(ctx context.Context, tx *sql.Tx, m protocol.Message) error {
+func (s *Store) insertSystem(ctx context.Context, tx *sql.Tx, m protocol.Message) error {
 	ev, err := json.Marshal(m.System)
 	if err != nil {
 		return err
 	}
-	_, err = tx.ExecContext(ctx, `INSERT INTO messages
+	_, err = s.wtx(tx).ExecContext(ctx, `INSERT INTO messages
 		(conversation_id, seq, client_id, sender_id, kind, body, system, ts)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
 		m.ConversationID, m.Seq, m.ID, m.SenderID, protocol.KindSystem, m.Body, string(ev), m.TS)
@@ -324,7 +324,7 @@ func (s *Store) CreateGroup(ctx context.Context, c protocol.Conversation, creato
 		if err != nil {
 			return err
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO conversations
+		if _, err := s.wtx(tx).ExecContext(ctx, `INSERT INTO conversations
 			(id, type, name, direct_key, last_seq, last_text_seq, created_ts, updated_ts, version)
 			VALUES (?, ?, ?, NULL, 1, 0, ?, ?, ?)`, c.ID, protocol.Group, c.Name, ts, ts, v); err != nil {
 			if isConstraint(err) {
@@ -333,11 +333,11 @@ func (s *Store) CreateGroup(ctx context.Context, c protocol.Conversation, creato
 			return err
 		}
 		for _, m := range members {
-			if err := insertMember(ctx, tx, c.ID, m, ts, 1, v); err != nil {
+			if err := s.insertMember(ctx, tx, c.ID, m, ts, 1, v); err != nil {
 				return err
 			}
 		}
-		if err := insertSystem(ctx, tx, msg); err != nil {
+		if err := s.insertSystem(ctx, tx, msg); err != nil {
 			return err
 		}
 		out, err = s.wv.view(ctx, tx, c.ID, creatorID)
@@ -368,7 +368,7 @@ func (s *Store) ChangeMembership(ctx context.Context, id string, ts int64, fn st
 	err := s.write(ctx, func(tx *sql.Tx) error {
 		var c protocol.Conversation
 		var lastText int64
-		err := tx.QueryRowContext(ctx, `SELECT id, type, name, last_seq, last_text_seq, created_ts, updated_ts
+		err := s.wtx(tx).QueryRowContext(ctx, `SELECT id, type, name, last_seq, last_text_seq, created_ts, updated_ts
 			FROM conversations WHERE id = ?`, id).
 			Scan(&c.ID, &c.Type, &c.Name, &c.LastSeq, &lastText, &c.CreatedTS, &c.UpdatedTS)
 		if errors.Is(err, sql.ErrNoRows) {
@@ -392,27 +392,27 @@ func (s *Store) ChangeMembership(ctx context.Context, id string, ts int64, fn st
 		}
 		seq := c.LastSeq + 1
 		for _, u := range ch.Remove {
-			if _, err := tx.ExecContext(ctx, `DELETE FROM members WHERE conversation_id = ? AND user_id = ?`, id, u); err != nil {
+			if _, err := s.wtx(tx).ExecContext(ctx, `DELETE FROM members WHERE conversation_id = ? AND user_id = ?`, id, u); err != nil {
 				return err
 			}
-			if _, err := tx.ExecContext(ctx, `INSERT INTO departures (user_id, conversation_id, version) VALUES (?, ?, ?)
+			if _, err := s.wtx(tx).ExecContext(ctx, `INSERT INTO departures (user_id, conversation_id, version) VALUES (?, ?, ?)
 				ON CONFLICT DO UPDATE SET version = excluded.version`, u, id, v); err != nil {
 				return err
 			}
 		}
 		for _, m := range ch.Add {
-			if err := insertMember(ctx, tx, id, m, ts, seq, v); err != nil {
+			if err := s.insertMember(ctx, tx, id, m, ts, seq, v); err != nil {
 				return err
 			}
 		}
 		for _, m := range ch.SetRole {
-			if _, err := tx.ExecContext(ctx, `UPDATE members SET role = ?, version = ?
+			if _, err := s.wtx(tx).ExecContext(ctx, `UPDATE members SET role = ?, version = ?
 				WHERE conversation_id = ? AND user_id = ?`, m.Role, v, id, m.UserID); err != nil {
 				return err
 			}
 		}
 		if ch.Name != nil {
-			if _, err := tx.ExecContext(ctx, `UPDATE conversations SET name = ? WHERE id = ?`, *ch.Name, id); err != nil {
+			if _, err := s.wtx(tx).ExecContext(ctx, `UPDATE conversations SET name = ? WHERE id = ?`, *ch.Name, id); err != nil {
 				return err
 			}
 		}
@@ -430,10 +430,10 @@ func (s *Store) ChangeMembership(ctx context.Context, id string, ts int64, fn st
 			System:         &ev,
 			TS:             ts,
 		}
-		if err := insertSystem(ctx, tx, msg); err != nil {
+		if err := s.insertSystem(ctx, tx, msg); err != nil {
 			return err
 		}
-		_, err = tx.ExecContext(ctx, `UPDATE conversations SET last_seq = ?, updated_ts = ?, version = ? WHERE id = ?`,
+		_, err = s.wtx(tx).ExecContext(ctx, `UPDATE conversations SET last_seq = ?, updated_ts = ?, version = ? WHERE id = ?`,
 			seq, ts, v, id)
 		return err
 	})
@@ -491,7 +491,7 @@ func (s *Store) ConversationsOf(ctx context.Context, userID, cursor string, limi
 	var cs []protocol.Conversation
 	var next string
 	err := s.read(ctx, func(tx *sql.Tx) error {
-		rs, err := queryConvRows(ctx, tx, q, args...)
+		rs, err := s.queryConvRows(ctx, tx, q, args...)
 		if err != nil {
 			return err
 		}
@@ -509,8 +509,8 @@ func (s *Store) ConversationsOf(ctx context.Context, userID, cursor string, limi
 	return cs, next, nil
 }
 
-func queryConvRows(ctx context.Context, tx *sql.Tx, q string, args ...any) ([]convRow, error) {
-	rows, err := tx.QueryContext(ctx, q, args...)
+func (s *Store) queryConvRows(ctx context.Context, tx *sql.Tx, q string, args ...any) ([]convRow, error) {
+	rows, err := s.rtx(tx).QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -553,7 +553,7 @@ func (s *Store) MemberIDs(ctx context.Context, id string) ([]string, error) {
 	var ids []string
 	err := s.read(ctx, func(tx *sql.Tx) error {
 		var n int
-		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM conversations WHERE id = ?`, id).Scan(&n); err != nil {
+		if err := s.rtx(tx).QueryRowContext(ctx, `SELECT count(*) FROM conversations WHERE id = ?`, id).Scan(&n); err != nil {
 			return err
 		}
 		if n == 0 {
@@ -581,7 +581,7 @@ func (s *Store) IsMember(ctx context.Context, id, userID string) (bool, error) {
 	if err := s.enter(op); err != nil {
 		return false, err
 	}
-	defer s.leave()
+	defer s.leaveRead()
 	var ok bool
 	err := s.rv.isMember.QueryRowContext(ctx, id, userID).Scan(&ok)
 	return ok, wrap(op, err)

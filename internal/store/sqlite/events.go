@@ -14,7 +14,7 @@ import (
 )
 
 // errNothingStored ends an Append transaction that stored nothing: it is rolled back instead
-// of committed, which saves the fsync.
+// of committed, which saves writing and syncing it.
 var errNothingStored = errors.New("nothing stored")
 
 // head is a conversation's log head as an Append batch advances it.
@@ -43,25 +43,37 @@ type batch struct {
 }
 
 // Append implements store.Events. The batch is one BEGIN IMMEDIATE transaction on the single
-// writer connection: one fsync at COMMIT for all of it. Per request it runs, in order:
+// writer connection, made durable by one WAL sync (durable.go). Per request it runs, in order:
 // the dedupe lookup (a stored (sender, client id) answers with the original even if the
 // sender has left since), the membership check, the target check of an edit, delete or
 // reaction, then the insert with the conversation's next seq. Log heads are written back once
 // per conversation at the end, with one bump of the sync version.
 func (s *Store) Append(ctx context.Context, reqs []store.AppendRequest) ([]store.AppendResult, error) {
+	results, durable, err := s.AppendCommitted(ctx, reqs)
+	if err != nil {
+		return nil, err
+	}
+	if err := durable(ctx); err != nil {
+		return nil, err
+	}
+	return results, nil
+}
+
+// AppendCommitted implements store.Events.
+func (s *Store) AppendCommitted(ctx context.Context, reqs []store.AppendRequest) ([]store.AppendResult, store.Durable, error) {
 	const op = "append"
 	if err := s.enter(op); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer s.leave()
 	if len(reqs) == 0 {
-		return []store.AppendResult{}, nil
+		return []store.AppendResult{}, s.sync.durable(0), nil
 	}
 	results := make([]store.AppendResult, len(reqs))
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
 	var b *batch
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	n, err := s.commit(ctx, func(tx *sql.Tx) error {
 		b = &batch{
 			ctx:     context.WithoutCancel(ctx),
 			tx:      tx,
@@ -99,11 +111,16 @@ func (s *Store) Append(ctx context.Context, reqs []store.AppendRequest) ([]store
 		return nil
 	})
 	if err != nil && !errors.Is(err, errNothingStored) {
-		return nil, wrap(op, err)
+		return nil, nil, wrap(op, err)
 	}
 	// Committed (or nothing written): what the batch read and wrote is the database's state.
+	// A batch that stored nothing still waits for the commits before it: its duplicates
+	// point at events that may not be durable yet.
 	s.hot.remember(b.heads, b.members)
-	return results, nil
+	if n == 0 {
+		n = s.sync.started.Load()
+	}
+	return results, s.sync.durable(n), nil
 }
 
 // bind binds the writer's prepared statements to the batch's transaction.
@@ -424,7 +441,7 @@ func (s *Store) SetCursors(ctx context.Context, ups []store.CursorUpdate) ([]sto
 				continue
 			}
 			var read, delivered, readTS, deliveredTS, last int64
-			err := tx.QueryRowContext(ctx, `SELECT m.last_read_seq, m.last_delivered_seq, m.last_read_ts,
+			err := s.wtx(tx).QueryRowContext(ctx, `SELECT m.last_read_seq, m.last_delivered_seq, m.last_read_ts,
 				m.last_delivered_ts, c.last_seq
 				FROM members m JOIN conversations c ON c.id = m.conversation_id
 				WHERE m.conversation_id = ? AND m.user_id = ?`, u.ConversationID, u.UserID).
@@ -453,7 +470,7 @@ func (s *Store) SetCursors(ctx context.Context, ups []store.CursorUpdate) ([]sto
 					return err
 				}
 			}
-			if _, err := tx.ExecContext(ctx, `UPDATE members SET last_read_seq = ?, last_read_ts = ?,
+			if _, err := s.wtx(tx).ExecContext(ctx, `UPDATE members SET last_read_seq = ?, last_read_ts = ?,
 				last_delivered_seq = ?, last_delivered_ts = ?, version = ?
 				WHERE conversation_id = ? AND user_id = ?`,
 				read, readTS, delivered, deliveredTS, v, u.ConversationID, u.UserID); err != nil {
@@ -485,10 +502,10 @@ func (s *Store) Sync(ctx context.Context, userID string, since int64) ([]protoco
 	var cs []protocol.Conversation
 	var next int64
 	err := s.read(ctx, func(tx *sql.Tx) error {
-		if err := tx.QueryRowContext(ctx, `SELECT version FROM meta`).Scan(&next); err != nil {
+		if err := s.rtx(tx).QueryRowContext(ctx, `SELECT version FROM meta`).Scan(&next); err != nil {
 			return err
 		}
-		rs, err := queryConvRows(ctx, tx, convSelect+` WHERE m.user_id = ? AND (c.version > ? OR m.version > ?)
+		rs, err := s.queryConvRows(ctx, tx, convSelect+` WHERE m.user_id = ? AND (c.version > ? OR m.version > ?)
 			ORDER BY c.updated_ts DESC, c.id DESC`, userID, since, since)
 		if err != nil {
 			return err
@@ -511,7 +528,7 @@ func (s *Store) Departed(ctx context.Context, userID string, since int64) ([]str
 	defer s.leave()
 	ids := []string{}
 	err := s.read(ctx, func(tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, `SELECT conversation_id FROM departures
+		rows, err := s.rtx(tx).QueryContext(ctx, `SELECT conversation_id FROM departures
 			WHERE user_id = ? AND version > ? ORDER BY version, conversation_id`, userID, since)
 		if err != nil {
 			return err

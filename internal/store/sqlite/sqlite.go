@@ -4,12 +4,16 @@
 // Concurrency model: every write goes through one connection (a *sql.DB limited to one open
 // connection) in BEGIN IMMEDIATE transactions, so writes are serialised in the process and
 // never fail with SQLITE_BUSY against each other; that single writer is what makes a
-// conversation's seq gapless and lets Append group-commit a whole batch with one fsync.
+// conversation's seq gapless and lets Append group-commit a whole batch with one sync.
 // Reads use a separate pool of query-only connections which, in WAL mode, see a consistent
 // snapshot without blocking the writer or being blocked by it.
 //
-// Durability: journal_mode=WAL with synchronous=FULL, so a committed transaction has been
-// fsynced to the WAL and survives SIGKILL and power loss.
+// Durability: journal_mode=WAL. A write returns once its transaction's WAL frames have been
+// synced to stable storage, so it survives SIGKILL and power loss. The sync is pipelined off
+// the writer (durable.go): the writer commits with synchronous=NORMAL and goes on to the
+// next transaction while walSyncer syncs the WAL; Append's callers (the chat sequencer) can
+// use that to overlap one batch's sync with the next batch's transaction, and reads never
+// show a commit before it is synced.
 package sqlite
 
 import (
@@ -51,9 +55,10 @@ type Store struct {
 	mu     sync.RWMutex
 	closed bool
 
-	writer *sql.DB // one connection: every write, serialised
-	reader *sql.DB // query-only pool
-	ckpt   *sql.DB // one connection for the background checkpointer
+	writer *sql.DB    // one connection: every write, serialised
+	sync   *walSyncer // makes the writer's commits durable
+	reader *sql.DB    // query-only pool
+	ckpt   *sql.DB    // one connection for the background checkpointer
 
 	// writeMu is held by the writes that the hot cache describes (Append, ChangeMembership)
 	// for their transaction and their cache update together.
@@ -64,6 +69,8 @@ type Store struct {
 	ckptDone chan struct{} // closed when the checkpointer has returned
 
 	w  writeStmts // prepared on writer: the Append hot path
+	wc *stmtCache // every other writer query, prepared on first use
+	rc *stmtCache // every other reader query, prepared on first use
 	wv viewStmts  // prepared on writer: views built inside write transactions
 	rv viewStmts  // prepared on reader: views and history
 
@@ -100,13 +107,19 @@ func open(ctx context.Context, path string, fsys fs.FS) (_ *Store, err error) {
 
 	// busy_timeout only matters against other processes (and the checkpointer): inside the
 	// process writes are serialised by the single writer connection.
-	common := url.Values{}
-	common.Add("_pragma", "busy_timeout(10000)")
-	common.Add("_pragma", "journal_mode(WAL)")
-	common.Add("_pragma", "synchronous(FULL)")
-	common.Add("_pragma", "foreign_keys(ON)")
+	pragmas := func(synchronous string) url.Values {
+		v := url.Values{}
+		v.Add("_pragma", "busy_timeout(10000)")
+		v.Add("_pragma", "journal_mode(WAL)")
+		v.Add("_pragma", "synchronous("+synchronous+")")
+		v.Add("_pragma", "foreign_keys(ON)")
+		return v
+	}
+	common := pragmas("FULL")
 
-	wq := cloneValues(common)
+	// The writer's commits do not wait for the disk: walSyncer syncs the WAL behind them,
+	// and every write waits for that before it is reported (durable.go).
+	wq := pragmas("NORMAL")
 	wq.Set("_txlock", "immediate")
 	wq.Add("_pragma", "cache_size(-65536)")
 	// Checkpoints run on their own connection (checkpointLoop), not inside the commit of
@@ -126,6 +139,11 @@ func open(ctx context.Context, path string, fsys fs.FS) (_ *Store, err error) {
 	}
 
 	s.applied, err = migrate(ctx, s.writer, fsys)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+	// Starting the syncer syncs the WAL, which makes the migrations durable too.
+	s.sync, err = newWALSyncer(path)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
 	}
@@ -156,6 +174,7 @@ func open(ctx context.Context, path string, fsys fs.FS) (_ *Store, err error) {
 	s.stopCkpt, s.ckptDone = make(chan struct{}), make(chan struct{})
 	go s.checkpointLoop()
 
+	s.wc, s.rc = newStmtCache(s.writer), newStmtCache(s.reader)
 	if err := s.w.prepare(ctx, s.writer); err != nil {
 		return nil, fmt.Errorf("sqlite: open %s: prepare: %w", path, err)
 	}
@@ -273,6 +292,9 @@ func (s *Store) Close() error {
 		// Fold the WAL into the database so the next start opens a small WAL.
 		_, _ = s.ckpt.Exec("PRAGMA wal_checkpoint(TRUNCATE)")
 	}
+	// Syncs whatever was committed and not yet synced, so that a Durable obtained before
+	// Close still answers nil.
+	s.sync.close()
 	if err := s.closeDBs(); err != nil {
 		return fmt.Errorf("sqlite: close: %w", err)
 	}
@@ -284,10 +306,15 @@ func (s *Store) closeDBs() error {
 	s.w.close()
 	s.wv.close()
 	s.rv.close()
+	s.wc.close()
+	s.rc.close()
 	var errs []error
 	if s.stopCkpt != nil && !s.closed {
 		close(s.stopCkpt) // a failed open: the loop may have started
 		<-s.ckptDone
+	}
+	if s.sync != nil && !s.closed {
+		s.sync.close()
 	}
 	if s.ckpt != nil {
 		errs = append(errs, s.ckpt.Close())
@@ -308,10 +335,24 @@ func (s *Store) enter(op string) error {
 		s.mu.RUnlock()
 		return fmt.Errorf("sqlite: %s: %w", op, store.ErrClosed)
 	}
+	// After a failed sync nothing the store says can be trusted to survive a crash, writes
+	// and reads alike: it refuses everything, as PostgreSQL stops on a failed fsync.
+	if err := s.sync.failed(); err != nil {
+		s.mu.RUnlock()
+		return fmt.Errorf("sqlite: %s: %w", op, err)
+	}
 	return nil
 }
 
 func (s *Store) leave() { s.mu.RUnlock() }
+
+// leaveRead is leave for a read not made with s.read: before the answer is returned it waits
+// until every commit the read may have seen is durable (durable.go), so nothing a crash
+// could take back is ever shown.
+func (s *Store) leaveRead() {
+	_ = s.sync.seen()
+	s.mu.RUnlock()
+}
 
 // inTx runs fn in a transaction on db and commits it if fn returns nil. On the writer the
 // transaction is BEGIN IMMEDIATE (see the DSN), so it holds the write lock from the start.
@@ -329,14 +370,49 @@ func inTx(ctx context.Context, db *sql.DB, fn func(tx *sql.Tx) error) error {
 	return tx.Commit()
 }
 
-// write runs fn in a write transaction.
+// write runs fn in a write transaction and returns once the transaction is durable.
 func (s *Store) write(ctx context.Context, fn func(tx *sql.Tx) error) error {
-	return inTx(ctx, s.writer, fn)
+	n, err := s.commit(ctx, fn)
+	if err != nil {
+		// The failure may rest on what earlier commits wrote (a username taken by a user
+		// not yet synced): it is as much an answer as a read's, and waits the same way.
+		_ = s.sync.seen()
+		return err
+	}
+	return s.sync.wait(n)
 }
 
-// read runs fn in a read transaction: all its queries see one snapshot.
+// commit runs fn in a write transaction and commits it if fn returns nil. It returns once
+// the commit is written, with its number for s.sync (0 if nothing was committed); the
+// transaction is durable once s.sync.wait of that number returns nil.
+func (s *Store) commit(ctx context.Context, fn func(tx *sql.Tx) error) (uint64, error) {
+	tx, err := s.writer.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback() // see inTx
+	if err := fn(tx); err != nil {
+		return 0, err
+	}
+	return s.sync.commit(tx.Commit)
+}
+
+// rq runs a query on the reader pool; rtx and wtx inside a transaction of the reader or the
+// writer. All three prepare each query text once (stmtCache).
+func (s *Store) rq() cached            { return cached{c: s.rc} }
+func (s *Store) rtx(tx *sql.Tx) cached { return cached{c: s.rc, tx: tx} }
+func (s *Store) wtx(tx *sql.Tx) cached { return cached{c: s.wc, tx: tx} }
+
+// read runs fn in a read transaction: all its queries see one snapshot. It returns once
+// every commit the snapshot may hold is durable (durable.go), whether fn found an answer or
+// an error (a "not found" rests on the snapshot too); after a failed sync it returns that
+// error instead of the answer. Methods that read only through it leave with s.leave.
 func (s *Store) read(ctx context.Context, fn func(tx *sql.Tx) error) error {
-	return inTx(ctx, s.reader, fn)
+	err := inTx(ctx, s.reader, fn)
+	if serr := s.sync.seen(); err == nil {
+		err = serr
+	}
+	return err
 }
 
 // bumpVersion increments the global sync version and returns the new value. Every write

@@ -39,9 +39,12 @@ func (s *Store) CreateUser(ctx context.Context, u protocol.User, passwordHash st
 		return err
 	}
 	defer s.leave()
-	_, err := s.writer.ExecContext(ctx,
-		`INSERT INTO users (id, username, display_name, password_hash, created_ts) VALUES (?, ?, ?, ?, ?)`,
-		u.ID, u.Username, u.DisplayName, passwordHash, u.CreatedTS)
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		_, err := s.wtx(tx).ExecContext(ctx,
+			`INSERT INTO users (id, username, display_name, password_hash, created_ts) VALUES (?, ?, ?, ?, ?)`,
+			u.ID, u.Username, u.DisplayName, passwordHash, u.CreatedTS)
+		return err
+	})
 	if isConstraint(err) {
 		return fmt.Errorf("sqlite: %s %q: %w", op, u.Username, store.ErrConflict)
 	}
@@ -54,10 +57,10 @@ func (s *Store) UserByUsername(ctx context.Context, username string) (protocol.U
 	if err := s.enter(op); err != nil {
 		return protocol.User{}, "", err
 	}
-	defer s.leave()
+	defer s.leaveRead()
 	var u protocol.User
 	var hash string
-	err := s.reader.QueryRowContext(ctx,
+	err := s.rq().QueryRowContext(ctx,
 		`SELECT `+userCols+`, password_hash FROM users WHERE username = ?`, username).
 		Scan(&u.ID, &u.Username, &u.DisplayName, &u.CreatedTS, &hash)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -75,8 +78,8 @@ func (s *Store) UserByID(ctx context.Context, id string) (protocol.User, error) 
 	if err := s.enter(op); err != nil {
 		return protocol.User{}, err
 	}
-	defer s.leave()
-	u, err := scanUser(s.reader.QueryRowContext(ctx, `SELECT `+userCols+` FROM users WHERE id = ?`, id))
+	defer s.leaveRead()
+	u, err := scanUser(s.rq().QueryRowContext(ctx, `SELECT `+userCols+` FROM users WHERE id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return protocol.User{}, fmt.Errorf("sqlite: %s %q: %w", op, id, store.ErrNotFound)
 	}
@@ -92,7 +95,7 @@ func (s *Store) UsersByID(ctx context.Context, ids []string) ([]protocol.User, e
 	if err := s.enter(op); err != nil {
 		return nil, err
 	}
-	defer s.leave()
+	defer s.leaveRead()
 	us := []protocol.User{}
 	for len(ids) > 0 {
 		chunk := ids[:min(len(ids), maxParams)]
@@ -101,7 +104,7 @@ func (s *Store) UsersByID(ctx context.Context, ids []string) ([]protocol.User, e
 		for i, id := range chunk {
 			args[i] = id
 		}
-		rows, err := s.reader.QueryContext(ctx,
+		rows, err := s.rq().QueryContext(ctx,
 			`SELECT `+userCols+` FROM users WHERE id IN (`+placeholders(len(chunk))+`)`, args...)
 		if err != nil {
 			return nil, wrap(op, err)
@@ -127,8 +130,13 @@ func (s *Store) SetDisplayName(ctx context.Context, id, displayName string) (pro
 		return protocol.User{}, err
 	}
 	defer s.leave()
-	u, err := scanUser(s.writer.QueryRowContext(ctx,
-		`UPDATE users SET display_name = ? WHERE id = ? RETURNING `+userCols, displayName, id))
+	var u protocol.User
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		var err error
+		u, err = scanUser(s.wtx(tx).QueryRowContext(ctx,
+			`UPDATE users SET display_name = ? WHERE id = ? RETURNING `+userCols, displayName, id))
+		return err
+	})
 	if errors.Is(err, sql.ErrNoRows) {
 		return protocol.User{}, fmt.Errorf("sqlite: %s %q: %w", op, id, store.ErrNotFound)
 	}
@@ -142,15 +150,15 @@ func (s *Store) SearchUsers(ctx context.Context, prefix string, limit int) ([]pr
 	if err := s.enter(op); err != nil {
 		return nil, err
 	}
-	defer s.leave()
+	defer s.leaveRead()
 	limit = limitOrDefault(limit)
 	var rows *sql.Rows
 	var err error
 	if upper, ok := prefixUpperBound(prefix); ok {
-		rows, err = s.reader.QueryContext(ctx, `SELECT `+userCols+` FROM users
+		rows, err = s.rq().QueryContext(ctx, `SELECT `+userCols+` FROM users
 			WHERE username >= ? AND username < ? ORDER BY username LIMIT ?`, prefix, upper, limit)
 	} else {
-		rows, err = s.reader.QueryContext(ctx, `SELECT `+userCols+` FROM users
+		rows, err = s.rq().QueryContext(ctx, `SELECT `+userCols+` FROM users
 			WHERE username >= ? ORDER BY username LIMIT ?`, prefix, limit)
 	}
 	if err != nil {
@@ -189,8 +197,11 @@ func (s *Store) CreateDevice(ctx context.Context, d store.Device) error {
 		return err
 	}
 	defer s.leave()
-	_, err := s.writer.ExecContext(ctx, `INSERT INTO devices (`+deviceCols+`) VALUES (?, ?, ?, ?, ?, ?, ?)`,
-		d.ID, d.UserID, d.Name, d.RefreshHash, d.RefreshExpiresTS, d.CreatedTS, d.RevokedTS)
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		_, err := s.wtx(tx).ExecContext(ctx, `INSERT INTO devices (`+deviceCols+`) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+			d.ID, d.UserID, d.Name, d.RefreshHash, d.RefreshExpiresTS, d.CreatedTS, d.RevokedTS)
+		return err
+	})
 	if isConstraint(err) {
 		return fmt.Errorf("sqlite: %s %q: %w", op, d.ID, store.ErrConflict)
 	}
@@ -203,8 +214,8 @@ func (s *Store) Device(ctx context.Context, id string) (store.Device, error) {
 	if err := s.enter(op); err != nil {
 		return store.Device{}, err
 	}
-	defer s.leave()
-	d, err := scanDevice(s.reader.QueryRowContext(ctx, `SELECT `+deviceCols+` FROM devices WHERE id = ?`, id))
+	defer s.leaveRead()
+	d, err := scanDevice(s.rq().QueryRowContext(ctx, `SELECT `+deviceCols+` FROM devices WHERE id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return store.Device{}, fmt.Errorf("sqlite: %s %q: %w", op, id, store.ErrNotFound)
 	}
@@ -217,8 +228,8 @@ func (s *Store) DeviceByRefreshHash(ctx context.Context, hash string) (store.Dev
 	if err := s.enter(op); err != nil {
 		return store.Device{}, err
 	}
-	defer s.leave()
-	d, err := scanDevice(s.reader.QueryRowContext(ctx,
+	defer s.leaveRead()
+	d, err := scanDevice(s.rq().QueryRowContext(ctx,
 		`SELECT `+deviceCols+` FROM devices WHERE refresh_hash = ? AND revoked_ts = 0 LIMIT 1`, hash))
 	if errors.Is(err, sql.ErrNoRows) {
 		return store.Device{}, fmt.Errorf("sqlite: %s: %w", op, store.ErrNotFound)
@@ -227,19 +238,23 @@ func (s *Store) DeviceByRefreshHash(ctx context.Context, hash string) (store.Dev
 }
 
 // RotateRefresh implements store.Devices. The compare-and-swap is one UPDATE on the single
-// writer connection, so of concurrent rotations of the same old hash exactly one matches.
+// writer connection, in its own transaction, so of concurrent rotations of the same old hash exactly one matches.
 func (s *Store) RotateRefresh(ctx context.Context, deviceID, oldHash, newHash string, expiresTS int64) error {
 	const op = "rotate refresh"
 	if err := s.enter(op); err != nil {
 		return err
 	}
 	defer s.leave()
-	res, err := s.writer.ExecContext(ctx, `UPDATE devices SET refresh_hash = ?, refresh_expires_ts = ?
-		WHERE id = ? AND refresh_hash = ? AND revoked_ts = 0`, newHash, expiresTS, deviceID, oldHash)
-	if err != nil {
-		return wrap(op, err)
-	}
-	n, err := res.RowsAffected()
+	var n int64
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		res, err := s.wtx(tx).ExecContext(ctx, `UPDATE devices SET refresh_hash = ?, refresh_expires_ts = ?
+			WHERE id = ? AND refresh_hash = ? AND revoked_ts = 0`, newHash, expiresTS, deviceID, oldHash)
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
 	if err != nil {
 		return wrap(op, err)
 	}
@@ -259,7 +274,7 @@ func (s *Store) RevokeDevice(ctx context.Context, deviceID string, ts int64) err
 	var found bool
 	err := s.write(ctx, func(tx *sql.Tx) error {
 		var revoked int64
-		err := tx.QueryRowContext(ctx, `SELECT revoked_ts FROM devices WHERE id = ?`, deviceID).Scan(&revoked)
+		err := s.wtx(tx).QueryRowContext(ctx, `SELECT revoked_ts FROM devices WHERE id = ?`, deviceID).Scan(&revoked)
 		if errors.Is(err, sql.ErrNoRows) {
 			return nil
 		}
@@ -270,7 +285,7 @@ func (s *Store) RevokeDevice(ctx context.Context, deviceID string, ts int64) err
 		if revoked != 0 {
 			return nil
 		}
-		_, err = tx.ExecContext(ctx, `UPDATE devices SET revoked_ts = ? WHERE id = ?`, ts, deviceID)
+		_, err = s.wtx(tx).ExecContext(ctx, `UPDATE devices SET revoked_ts = ? WHERE id = ?`, ts, deviceID)
 		return err
 	})
 	if err != nil {
@@ -292,14 +307,14 @@ func (s *Store) PutContact(ctx context.Context, userID, contactID string, ts int
 	var found bool
 	err := s.write(ctx, func(tx *sql.Tx) error {
 		var n int
-		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM users WHERE id = ?`, contactID).Scan(&n); err != nil {
+		if err := s.wtx(tx).QueryRowContext(ctx, `SELECT count(*) FROM users WHERE id = ?`, contactID).Scan(&n); err != nil {
 			return err
 		}
 		if n == 0 {
 			return nil
 		}
 		found = true
-		_, err := tx.ExecContext(ctx, `INSERT INTO contacts (user_id, contact_id, created_ts) VALUES (?, ?, ?)
+		_, err := s.wtx(tx).ExecContext(ctx, `INSERT INTO contacts (user_id, contact_id, created_ts) VALUES (?, ?, ?)
 			ON CONFLICT DO NOTHING`, userID, contactID, ts)
 		return err
 	})
@@ -319,7 +334,10 @@ func (s *Store) DeleteContact(ctx context.Context, userID, contactID string) err
 		return err
 	}
 	defer s.leave()
-	_, err := s.writer.ExecContext(ctx, `DELETE FROM contacts WHERE user_id = ? AND contact_id = ?`, userID, contactID)
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		_, err := s.wtx(tx).ExecContext(ctx, `DELETE FROM contacts WHERE user_id = ? AND contact_id = ?`, userID, contactID)
+		return err
+	})
 	return wrap(op, err)
 }
 
@@ -329,8 +347,8 @@ func (s *Store) ContactsOf(ctx context.Context, userID string) ([]protocol.User,
 	if err := s.enter(op); err != nil {
 		return nil, err
 	}
-	defer s.leave()
-	rows, err := s.reader.QueryContext(ctx, `SELECT u.id, u.username, u.display_name, u.created_ts
+	defer s.leaveRead()
+	rows, err := s.rq().QueryContext(ctx, `SELECT u.id, u.username, u.display_name, u.created_ts
 		FROM contacts c JOIN users u ON u.id = c.contact_id
 		WHERE c.user_id = ? ORDER BY u.username`, userID)
 	if err != nil {
@@ -356,8 +374,8 @@ func (s *Store) presence(ctx context.Context, op, contactsQuery, userID string) 
 	if err := s.enter(op); err != nil {
 		return nil, err
 	}
-	defer s.leave()
-	rows, err := s.reader.QueryContext(ctx, contactsQuery+`
+	defer s.leaveRead()
+	rows, err := s.rq().QueryContext(ctx, contactsQuery+`
 		UNION SELECT other.user_id FROM members me
 			JOIN conversations c ON c.id = me.conversation_id AND c.type = 'direct'
 			JOIN members other ON other.conversation_id = c.id AND other.user_id != me.user_id

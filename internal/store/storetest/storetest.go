@@ -45,6 +45,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Membership/SerialisedWithAppends", testMembershipWithAppends},
 		{"Append/ConcurrentGapless", testAppendConcurrent},
 		{"Append/BatchOrder", testAppendBatchOrder},
+		{"Append/Committed", testAppendCommitted},
 		{"Append/DedupeAcrossBatches", testDedupeAcrossBatches},
 		{"Append/DedupeWithinBatch", testDedupeWithinBatch},
 		{"Append/ClientIDPerSender", testClientIDPerSender},
@@ -818,6 +819,65 @@ func testAppendBatchOrder(t *testing.T, s store.Store) {
 	checkGapless(t, history(t, s, "g1", "a"), 3)
 }
 
+// testAppendCommitted: AppendCommitted batches follow each other without waiting for
+// durability (seqs continue, a retry is a duplicate), each durable answers nil, what they
+// stored reads back in order, and a durable kept past Close still answers nil.
+func testAppendCommitted(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	mkUsers(t, s, "a", "b")
+	mkDirect(t, s, "d1", "a", "b")
+	var waits []store.Durable
+	for i := range 5 {
+		id := fmt.Sprintf("c%d", i)
+		rs, durable, err := s.AppendCommitted(ctx, []store.AppendRequest{
+			text("d1", "a", id, "x", ts0+int64(i)),
+			text("d1", "a", id, "x", ts0+int64(i)), // the same id: a duplicate within the batch
+		})
+		if err != nil {
+			t.Fatalf("AppendCommitted %d: %v", i, err)
+		}
+		if durable == nil {
+			t.Fatalf("AppendCommitted %d returned no durable", i)
+		}
+		if m := rs[0].Message; rs[0].Err != nil || m.Seq != int64(i+1) || m.ID != id {
+			t.Fatalf("batch %d result 0 = %+v; want seq %d", i, rs[0], i+1)
+		}
+		if !rs[1].Duplicate || rs[1].Message.Seq != int64(i+1) {
+			t.Fatalf("batch %d result 1 = %+v; want a duplicate of seq %d", i, rs[1], i+1)
+		}
+		waits = append(waits, durable)
+	}
+	// A retry of a committed event, in a later batch, finds it.
+	rs, durable, err := s.AppendCommitted(ctx, []store.AppendRequest{text("d1", "a", "c2", "x", ts0+9)})
+	if err != nil || !rs[0].Duplicate || rs[0].Message.Seq != 3 {
+		t.Fatalf("retry of c2 = %+v, %v; want the duplicate of seq 3", rs, err)
+	}
+	waits = append(waits, durable)
+	for i, w := range waits {
+		if err := w(ctx); err != nil {
+			t.Fatalf("durable %d: %v", i, err)
+		}
+	}
+	h := history(t, s, "d1", "b")
+	checkGapless(t, h, 5)
+	for i, m := range h {
+		if want := fmt.Sprintf("c%d", i); m.ID != want {
+			t.Errorf("seq %d has id %q, want %q", m.Seq, m.ID, want)
+		}
+	}
+
+	_, late, err := s.AppendCommitted(ctx, []store.AppendRequest{text("d1", "b", "late", "x", ts0+10)})
+	if err != nil {
+		t.Fatalf("AppendCommitted: %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := late(ctx); err != nil {
+		t.Errorf("durable called after Close: %v; want nil (Close makes what was committed durable)", err)
+	}
+}
+
 func testDedupeAcrossBatches(t *testing.T, s store.Store) {
 	mkUsers(t, s, "a", "b")
 	mkDirect(t, s, "d1", "a", "b")
@@ -1361,6 +1421,10 @@ func testClose(t *testing.T, s store.Store) {
 		{"IsMember", func() error { _, err := s.IsMember(ctx, "d1", "a"); return err }},
 		{"Append", func() error {
 			_, err := s.Append(ctx, []store.AppendRequest{text("d1", "a", "1", "x", ts0)})
+			return err
+		}},
+		{"AppendCommitted", func() error {
+			_, _, err := s.AppendCommitted(ctx, []store.AppendRequest{text("d1", "a", "1", "x", ts0)})
 			return err
 		}},
 		{"Messages", func() error { _, _, err := s.Messages(ctx, "d1", "a", 0, 0, 10); return err }},
