@@ -21,6 +21,7 @@ func serve(ctx context.Context, args []string) error {
 	fs.DurationVar(&cfg.Gateway.Heartbeat, "heartbeat", 0, "heartbeat interval told to clients; 3x silence closes (default 10s)")
 	fs.IntVar(&cfg.Gateway.SendQueueBytes, "send-queue-bytes", 0, "bytes queued per connection before a slow client is cut off (default 1 MiB)")
 	fs.IntVar(&cfg.Gateway.FramesPerSecond, "frames-per-second", 0, "per-connection frame rate limit (default 1000)")
+	fs.DurationVar(&cfg.Chat.CommitInterval, "commit-interval", 0, "least time between the starts of two message transactions (default 2ms; negative: none)")
 	fs.DurationVar(&cfg.API.AccessTTL, "access-ttl", 0, "access token lifetime (default 15m)")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 0, "bound on a graceful shutdown (default 10s)")
 	argonMem := fs.Uint("argon2-memory-kib", uint(auth.DefaultParams().Memory), "argon2id memory cost per password hash, KiB")

@@ -34,7 +34,10 @@ type Config struct {
 	MaxBodyBytes    int // a message body's size limit in bytes (default 8192)
 	MaxGroupMembers int // members of a group, creator included (default 100)
 	MaxBatch        int // events per store transaction (default 1024)
-	QueueLen        int // events waiting for the sequencer before Submit blocks (default 8192)
+	// CommitInterval is the least time between the starts of two batches' transactions
+	// (default 2ms; negative: none). See run.
+	CommitInterval time.Duration
+	QueueLen       int // events waiting for the sequencer before Submit blocks (default 8192)
 	// TypingTTL ends a typing indicator that was not refreshed (default 6s); a repeated
 	// "start" is relayed at most every TypingRefresh (default 3s). Clients refresh "start"
 	// every few seconds while the user types.
@@ -51,6 +54,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxBatch <= 0 {
 		c.MaxBatch = 1024
+	}
+	if c.CommitInterval == 0 {
+		c.CommitInterval = 2 * time.Millisecond
 	}
 	if c.QueueLen <= 0 {
 		c.QueueLen = 8192
@@ -335,15 +341,34 @@ func (s *Service) checkTarget(ctx context.Context, ev *Event, allow func(target 
 
 // run is the sequencer: it takes ops from the queue, commits appends in batches and
 // membership changes one at a time, and publishes what it committed, in commit order.
+//
+// Batches start at most once per CommitInterval. A transaction costs about half a
+// millisecond of CPU however few events it holds, so a sequencer that committed whatever
+// had arrived as soon as it could would, at a few thousand messages a second, spend a core
+// on commits of two or three events each and starve everything else on the machine; with
+// the pacing the same load makes fewer, larger commits. A lone event is not delayed (the
+// last commit began long ago), and under heavy load commits take longer than the interval
+// anyway. Measured in docs/benchmarks.md ("Paced commits").
 func (s *Service) run() {
 	defer close(s.done)
 	defer close(s.out)
 	batch := make([]*op, 0, s.cfg.MaxBatch)
+	var lastStart time.Time
+	var pace *time.Timer
 	for o := range s.queue {
 		if o.member != nil {
 			s.changeMembership(o.member)
 			continue
 		}
+		if wait := s.cfg.CommitInterval - time.Since(lastStart); wait > 0 {
+			if pace == nil {
+				pace = time.NewTimer(wait)
+			} else {
+				pace.Reset(wait)
+			}
+			<-pace.C
+		}
+		lastStart = time.Now()
 		batch = append(batch[:0], o)
 		var next *op // a membership op that ended the batch
 	fill:
@@ -382,7 +407,9 @@ func (s *Service) commit(batch []*op) {
 	out := &outgoing{batch: slices.Clone(batch)}
 	// Not the caller's context: an event accepted into a batch is finished even while the
 	// server shuts down, so that nothing half-sent is left behind.
-	out.results, out.err = s.st.Append(context.Background(), reqs)
+	// Committed, not yet durable: the publisher waits for that (out.durable) while this
+	// goroutine goes on to the next batch, whose transaction then overlaps this one's sync.
+	out.results, out.durable, out.err = s.st.AppendCommitted(context.Background(), reqs)
 	if out.err == nil {
 		out.recipients = make([][]string, len(batch))
 		for i, r := range out.results {
@@ -405,6 +432,7 @@ func (s *Service) commit(batch []*op) {
 type outgoing struct {
 	batch      []*op
 	results    []store.AppendResult
+	durable    store.Durable // returns nil once results are on stable storage
 	err        error
 	recipients [][]string // per result: who gets the event
 
@@ -425,6 +453,10 @@ func (s *Service) publish() {
 			s.publishEvent(m.msg, "", m.recipients)
 			m.op.result <- memberResult{msg: m.msg}
 			continue
+		}
+		if out.err == nil {
+			// Nothing is acknowledged or published before it is durable.
+			out.err = out.durable(context.Background())
 		}
 		if out.err != nil {
 			s.log.Error("append batch failed", "events", len(out.batch), "err", out.err)
