@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -28,16 +29,17 @@ scenario prints a summary and, with --json FILE, writes its result as JSON.
 
 // benchFlags are the flags every scenario has.
 type benchFlags struct {
-	url, out, sources *string
-	pid               *int
+	url, out, sources, cpuProfile *string
+	pid                           *int
 }
 
 func addBenchFlags(fs *flag.FlagSet) benchFlags {
 	return benchFlags{
-		url:     fs.String("url", "", "server to load (default: start one)"),
-		out:     fs.String("json", "", "also write the result as JSON to this file"),
-		sources: fs.String("source-ips", "", "comma-separated local addresses to dial from (e.g. 127.0.0.2,127.0.0.3)"),
-		pid:     fs.Int("server-pid", 0, "with --url: the server's pid, to read its RSS"),
+		url:        fs.String("url", "", "server to load (default: start one)"),
+		out:        fs.String("json", "", "also write the result as JSON to this file"),
+		sources:    fs.String("source-ips", "", "comma-separated local addresses to dial from (e.g. 127.0.0.2,127.0.0.3)"),
+		pid:        fs.Int("server-pid", 0, "with --url: the server's pid, to read its RSS and CPU use"),
+		cpuProfile: fs.String("cpuprofile", "", "write a CPU profile of the load generator itself to this file"),
 	}
 }
 
@@ -85,8 +87,9 @@ func bench(ctx context.Context, args []string) error {
 		pairs := fs.Int("pairs", 50, "sender/receiver pairs")
 		inflight := fs.Int("inflight", 8, "direct: sends each sender keeps in flight")
 		rate := fs.Float64("rate", 10000, "rate: messages per second offered, over all senders")
-		run = func(url string, _ int) (fmt.Stringer, error) {
-			cfg := loadgen.DirectConfig{URL: url, Pairs: *pairs, InFlight: *inflight, Duration: *duration, Warmup: *warmup, SourceIPs: bf.sourceIPs()}
+		run = func(url string, pid int) (fmt.Stringer, error) {
+			cfg := loadgen.DirectConfig{URL: url, Pairs: *pairs, InFlight: *inflight, Duration: *duration, Warmup: *warmup,
+				SourceIPs: bf.sourceIPs(), ServerPID: pid}
 			if scenario == "rate" {
 				cfg.InFlight, cfg.Rate = 0, *rate
 			}
@@ -98,9 +101,9 @@ func bench(ctx context.Context, args []string) error {
 		members := fs.Int("members", 100, "online members per group")
 		senders := fs.Int("senders", 4, "senders per group")
 		inflight := fs.Int("inflight", 8, "sends each sender keeps in flight")
-		run = func(url string, _ int) (fmt.Stringer, error) {
+		run = func(url string, pid int) (fmt.Stringer, error) {
 			res, err := loadgen.Group(ctx, loadgen.GroupConfig{URL: url, Groups: *groups, Members: *members, Senders: *senders,
-				InFlight: *inflight, Duration: *duration, Warmup: *warmup, SourceIPs: bf.sourceIPs()})
+				InFlight: *inflight, Duration: *duration, Warmup: *warmup, SourceIPs: bf.sourceIPs(), ServerPID: pid})
 			return res, checked(err, res.Lost, res.Duplicates)
 		}
 	case "idle":
@@ -132,6 +135,17 @@ func bench(ctx context.Context, args []string) error {
 		return err
 	}
 	defer stop()
+	if *bf.cpuProfile != "" {
+		f, err := os.Create(*bf.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	res, err := run(url, pid)
 	if res != nil {
 		if rerr := bf.report(res); rerr != nil && err == nil {

@@ -29,6 +29,7 @@ type DirectConfig struct {
 	Warmup    time.Duration
 	Prefix    string   // username prefix, so runs against one server do not collide
 	SourceIPs []string // local addresses to dial from, round-robin
+	ServerPID int      // to report the server's CPU use; 0 = not reported
 }
 
 // DirectResult is what a direct run measured. Latencies and rates count only messages
@@ -54,6 +55,12 @@ type DirectResult struct {
 	Lost       int `json:"lost"`
 	Duplicates int `json:"duplicates"`
 	Errors     int `json:"errors"`
+	// ServerCloses counts connections the server closed during the run (a reader too slow
+	// to keep up is cut off, and what it missed counts as lost), with the first reason.
+	ServerCloses int    `json:"server_closes,omitempty"`
+	CloseReason  string `json:"close_reason,omitempty"`
+	// Host is how the machine's CPU was spent during the measured window (Linux).
+	Host *HostCPU `json:"host,omitempty"`
 }
 
 func (r DirectResult) String() string {
@@ -68,7 +75,15 @@ func (r DirectResult) String() string {
   send→deliver %s
   lost %d  duplicates %d  errors %d`,
 		r.Scenario, r.Pairs, mode, r.DurationS, r.AckedPerS, r.Acked, r.DeliveredPerS, r.Delivered,
-		r.SendToAck, r.SendToDeliver, r.Lost, r.Duplicates, r.Errors) + r.lateness()
+		r.SendToAck, r.SendToDeliver, r.Lost, r.Duplicates, r.Errors) + closes(r.ServerCloses, r.CloseReason) + r.lateness() + r.Host.String()
+}
+
+// closes reports connections the server closed, if any.
+func closes(n int, reason string) string {
+	if n == 0 {
+		return ""
+	}
+	return fmt.Sprintf("\n  the server closed %d connection(s) during the run, the first with %q", n, reason)
 }
 
 func (r DirectResult) lateness() string {
@@ -141,6 +156,26 @@ type meter struct {
 	lateH            Histogram // rate: schedule → frame written
 	acked, delivered atomic.Uint64
 	errs             atomic.Int64
+	closes           atomic.Int64 // connections the server closed during the run
+	closeReason      atomic.Pointer[string]
+}
+
+// readEnded records why a connection's reading stopped, if the server closed it.
+func (m *meter) readEnded(err error) {
+	var ce *closedError
+	if errors.As(err, &ce) {
+		m.closes.Add(1)
+		r := ce.Error()
+		m.closeReason.CompareAndSwap(nil, &r)
+	}
+}
+
+// closed returns the number of connections the server closed and the first one's reason.
+func (m *meter) closed() (int, string) {
+	if r := m.closeReason.Load(); r != nil {
+		return int(m.closes.Load()), *r
+	}
+	return 0, ""
 }
 
 // delivery records a message frame received by a member whose messages tr tracks. The body
@@ -260,6 +295,7 @@ func Direct(ctx context.Context, cfg DirectConfig) (DirectResult, error) {
 	m := &meter{win: window{from: start.Add(cfg.Warmup), to: start.Add(cfg.Warmup + cfg.Duration)}}
 	runCtx, stop := context.WithDeadline(ctx, m.win.to)
 	defer stop()
+	host := watchHost(runCtx, m.win.from, m.win.to, cfg.ServerPID)
 
 	var readers sync.WaitGroup
 	for i, r := range receivers {
@@ -267,6 +303,7 @@ func Direct(ctx context.Context, cfg DirectConfig) (DirectResult, error) {
 			for {
 				p, err := r.next()
 				if err != nil {
+					m.readEnded(err)
 					return
 				}
 				if f := parse(p); f.typ == protocol.FrameMessage {
@@ -283,6 +320,7 @@ func Direct(ctx context.Context, cfg DirectConfig) (DirectResult, error) {
 			for {
 				p, err := s.c.next()
 				if err != nil {
+					m.readEnded(err)
 					return
 				}
 				switch f := parse(p); f.typ {
@@ -320,6 +358,7 @@ func Direct(ctx context.Context, cfg DirectConfig) (DirectResult, error) {
 	}
 	writers.Wait()
 	elapsed := min(time.Since(m.win.from), cfg.Duration)
+	hostCPU := host()
 	// Let acks and deliveries in flight arrive before checking that each acked message came
 	// exactly once.
 	settle(trackers, 5*time.Second)
@@ -332,6 +371,7 @@ func Direct(ctx context.Context, cfg DirectConfig) (DirectResult, error) {
 		Scenario: "direct", Pairs: cfg.Pairs, InFlight: cfg.InFlight, OfferedPerS: cfg.Rate,
 		DurationS: elapsed.Seconds(), Acked: m.acked.Load(), Delivered: m.delivered.Load(),
 		SendToAck: m.ackH.Summary(), SendToDeliver: m.delH.Summary(), Errors: int(m.errs.Load()),
+		Host: hostCPU,
 	}
 	if cfg.Rate > 0 {
 		res.Scenario, res.InFlight = "rate", 0
@@ -341,6 +381,7 @@ func Direct(ctx context.Context, cfg DirectConfig) (DirectResult, error) {
 	res.AckedPerS = float64(res.Acked) / elapsed.Seconds()
 	res.DeliveredPerS = float64(res.Delivered) / elapsed.Seconds()
 	res.Lost, res.Duplicates = check(trackers)
+	res.ServerCloses, res.CloseReason = m.closed()
 	return res, nil
 }
 

@@ -24,25 +24,29 @@ type GroupConfig struct {
 	Warmup    time.Duration
 	Prefix    string
 	SourceIPs []string
+	ServerPID int // to report the server's CPU use; 0 = not reported
 }
 
 // GroupResult is what a group run measured.
 type GroupResult struct {
-	Scenario       string  `json:"scenario"`
-	Groups         int     `json:"groups"`
-	Members        int     `json:"members"`
-	Senders        int     `json:"senders"`
-	InFlight       int     `json:"inflight"`
-	DurationS      float64 `json:"duration_s"`
-	Acked          uint64  `json:"acked"`
-	Deliveries     uint64  `json:"deliveries"`
-	AckedPerS      float64 `json:"acked_per_s"`
-	DeliveriesPerS float64 `json:"deliveries_per_s"`
-	SendToAck      Summary `json:"send_to_ack"`
-	FanOut         Summary `json:"send_to_deliver"`
-	Lost           int     `json:"lost"`
-	Duplicates     int     `json:"duplicates"`
-	Errors         int     `json:"errors"`
+	Scenario       string   `json:"scenario"`
+	Groups         int      `json:"groups"`
+	Members        int      `json:"members"`
+	Senders        int      `json:"senders"`
+	InFlight       int      `json:"inflight"`
+	DurationS      float64  `json:"duration_s"`
+	Acked          uint64   `json:"acked"`
+	Deliveries     uint64   `json:"deliveries"`
+	AckedPerS      float64  `json:"acked_per_s"`
+	DeliveriesPerS float64  `json:"deliveries_per_s"`
+	SendToAck      Summary  `json:"send_to_ack"`
+	FanOut         Summary  `json:"send_to_deliver"`
+	Lost           int      `json:"lost"`
+	Duplicates     int      `json:"duplicates"`
+	Errors         int      `json:"errors"`
+	Host           *HostCPU `json:"host,omitempty"`          // the machine's CPU during the window (Linux)
+	ServerCloses   int      `json:"server_closes,omitempty"` // see DirectResult
+	CloseReason    string   `json:"close_reason,omitempty"`
 }
 
 func (r GroupResult) String() string {
@@ -53,7 +57,7 @@ func (r GroupResult) String() string {
   send→deliver %s
   lost %d  duplicates %d  errors %d`,
 		r.Groups, r.Members, r.Senders, r.InFlight, r.DurationS, r.AckedPerS, r.Acked, r.DeliveriesPerS, r.Deliveries,
-		r.SendToAck, r.FanOut, r.Lost, r.Duplicates, r.Errors)
+		r.SendToAck, r.FanOut, r.Lost, r.Duplicates, r.Errors) + closes(r.ServerCloses, r.CloseReason) + r.Host.String()
 }
 
 // Group runs the group scenario against cfg.URL.
@@ -113,6 +117,7 @@ func Group(ctx context.Context, cfg GroupConfig) (GroupResult, error) {
 	m := &meter{win: window{from: start.Add(cfg.Warmup), to: start.Add(cfg.Warmup + cfg.Duration)}}
 	runCtx, stop := context.WithDeadline(ctx, m.win.to)
 	defer stop()
+	host := watchHost(runCtx, m.win.from, m.win.to, cfg.ServerPID)
 	isSender := map[*lconn]*sender{}
 	for _, s := range senders {
 		isSender[s.c] = s
@@ -127,6 +132,7 @@ func Group(ctx context.Context, cfg GroupConfig) (GroupResult, error) {
 			for {
 				p, err := mem.c.next()
 				if err != nil {
+					m.readEnded(err)
 					return
 				}
 				switch f := parse(p); f.typ {
@@ -148,6 +154,7 @@ func Group(ctx context.Context, cfg GroupConfig) (GroupResult, error) {
 	}
 	writers.Wait()
 	elapsed := min(time.Since(m.win.from), cfg.Duration)
+	hostCPU := host()
 	settle(trackers, 10*time.Second)
 	for _, c := range conns {
 		c.close()
@@ -157,9 +164,11 @@ func Group(ctx context.Context, cfg GroupConfig) (GroupResult, error) {
 		Scenario: "group", Groups: cfg.Groups, Members: cfg.Members, Senders: cfg.Senders, InFlight: cfg.InFlight,
 		DurationS: elapsed.Seconds(), Acked: m.acked.Load(), Deliveries: m.delivered.Load(),
 		SendToAck: m.ackH.Summary(), FanOut: m.delH.Summary(), Errors: int(m.errs.Load()),
+		Host: hostCPU,
 	}
 	res.AckedPerS = float64(res.Acked) / elapsed.Seconds()
 	res.DeliveriesPerS = float64(res.Deliveries) / elapsed.Seconds()
 	res.Lost, res.Duplicates = check(trackers)
+	res.ServerCloses, res.CloseReason = m.closed()
 	return res, nil
 }

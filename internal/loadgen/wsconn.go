@@ -112,12 +112,32 @@ func (c *lconn) next() ([]byte, error) {
 				return nil, err
 			}
 		case ws.OpClose:
-			return nil, fmt.Errorf("closed by server: %q", p)
+			return nil, serverClose(p)
 		}
 	}
 }
 
 func (c *lconn) close() { c.nc.Close() }
+
+// closedError is a close frame from the server: the connection was ended on purpose (a
+// slow reader cut off, a shutdown), which a scenario reports instead of a lost message
+// it cannot explain.
+type closedError struct {
+	code   uint16
+	reason string
+}
+
+func (e *closedError) Error() string {
+	return fmt.Sprintf("closed by server: %d %s", e.code, e.reason)
+}
+
+func serverClose(p []byte) error {
+	e := &closedError{}
+	if len(p) >= 2 {
+		e.code, e.reason = uint16(p[0])<<8|uint16(p[1]), string(p[2:])
+	}
+	return e
+}
 
 // frameInfo is what the scenarios need from a server frame, found without a full decode.
 type frameInfo struct {
