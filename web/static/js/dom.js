@@ -15,7 +15,6 @@ export function h(tag, props, ...children) {
   return el;
 }
 
-// fill replaces el's children; like h, it skips null and false children.
 // withBusy runs f with button disabled (no double submit), clearing showError's message
 // first and showing f's error through it.
 export async function withBusy(button, showError, f) {
@@ -30,6 +29,39 @@ export async function withBusy(button, showError, f) {
   }
 }
 
+// reconcile puts the items' elements in order as parent's children, keyed: nodes (key →
+// {el, sig}, kept by the caller between calls) makes each element once (it.create) and
+// refills it (fill, by default it.fill(el)) only when the item's signature changed, so an
+// unchanged item keeps its element, and with it its focus and scroll state. An element
+// whose key is not among the items leaves parent, and leaves nodes too unless keep(key)
+// says otherwise; lostFocus(node) is told when it took the keyboard focus with it.
+export function reconcile(parent, nodes, items, { fill = (it, el) => it.fill(el), keep, lostFocus } = {}) {
+  const present = new Set();
+  let cursor = parent.firstChild;
+  for (const it of items) {
+    present.add(it.key);
+    let n = nodes.get(it.key);
+    if (!n) {
+      n = { el: it.create(), sig: null };
+      nodes.set(it.key, n);
+    }
+    if (n.sig !== it.sig) {
+      n.sig = it.sig;
+      fill(it, n.el);
+    }
+    if (n.el === cursor) cursor = cursor.nextSibling;
+    else parent.insertBefore(n.el, cursor);
+  }
+  for (const [key, n] of nodes) {
+    if (present.has(key)) continue;
+    const had = n.el.contains(document.activeElement);
+    n.el.remove();
+    if (!keep?.(key)) nodes.delete(key);
+    if (had) lostFocus?.(n);
+  }
+}
+
+// fill replaces el's children; like h, it skips null and false children.
 export function fill(el, ...children) {
   el.replaceChildren();
   return append(el, children);

@@ -1,6 +1,6 @@
 // The open conversation: header, message log, typing line and composer.
 
-import { h, fill, icon, linkify, fmtTime, dayKey, dayLabel, avatar, fmtLastSeen } from './dom.js';
+import { h, fill, icon, linkify, fmtTime, dayKey, dayLabel, avatar, fmtLastSeen, reconcile as reconcileNodes } from './dom.js';
 import * as S from './store.js';
 import * as C from './client.js';
 
@@ -270,35 +270,20 @@ function renderMessages(conv) {
   if (tl?.status === 'ready' && tl.hasOlder && box.clientHeight && box.scrollHeight <= box.clientHeight + 40) C.loadOlder(conv.id);
 }
 
-// reconcile puts the items' elements in order under parent, rebuilding only those whose
-// signature changed. Keyboard focus survives: see keepFocus.
+// reconcile is dom.js's, with the message log's focus rules: a rebuilt message keeps the
+// focused control (keepFocus), and a pending message that was stored hands the focus to its
+// stored self.
 function reconcile(parent, items) {
-  const keep = new Set();
-  let cursor = parent.firstChild;
-  for (const it of items) {
-    keep.add(it.key);
-    let n = nodes.get(it.key);
-    if (!n) {
-      n = { el: it.create(), sig: null };
-      nodes.set(it.key, n);
-    }
-    if (n.sig !== it.sig) {
-      n.sig = it.sig;
-      const had = focusedIn(n.el);
-      it.fill(n.el);
-      if (had) keepFocus(n.el, had);
-    }
-    if (n.el === cursor) cursor = cursor.nextSibling;
-    else parent.insertBefore(n.el, cursor);
-  }
-  for (const [key, n] of nodes) {
-    if (keep.has(key)) continue;
-    // A pending message that was stored hands the focus to its stored self.
-    const had = n.el.contains(document.activeElement);
-    n.el.remove();
-    nodes.delete(key);
-    if (had) (parent.querySelector(`[data-id="${CSS.escape(n.el.dataset.id || '')}"]`) || $('messages')).focus({ preventScroll: true });
-  }
+  reconcileNodes(parent, nodes, items, {
+    fill(it, el) {
+      const had = focusedIn(el);
+      it.fill(el);
+      if (had) keepFocus(el, had);
+    },
+    lostFocus(n) {
+      (parent.querySelector(`[data-id="${CSS.escape(n.el.dataset.id || '')}"]`) || $('messages')).focus({ preventScroll: true });
+    },
+  });
 }
 
 // Controls that take the focus when the focused one goes away in a rebuild.

@@ -1,12 +1,12 @@
 // The sidebar: who I am, starting conversations, search, and the conversation list.
 
-import { h, avatar, fmtListTime, withBusy } from './dom.js';
+import { h, avatar, fmtListTime, withBusy, reconcile } from './dom.js';
 import * as S from './store.js';
 import * as C from './client.js';
 
 const { state } = S;
 const $ = (id) => document.getElementById(id);
-const items = new Map(); // conversation id → {li, sig}
+const items = new Map(); // conversation id → {el, sig}, for reconcile
 let query = '';
 let navigate = () => {};
 
@@ -66,30 +66,17 @@ export function renderList() {
 
   const list = $('conv-list');
   // Moving or rebuilding an item drops keyboard focus; it is put back at the end.
-  const focused = [...items].find(([, it]) => it.li.contains(document.activeElement))?.[0];
+  const focused = [...items].find(([, it]) => it.el.contains(document.activeElement))?.[0];
   const convs = S.sortedConvs().filter((c) => !query || S.convName(c).toLowerCase().includes(query));
-  const keep = new Set();
-  let cursor = list.firstChild;
-  for (const conv of convs) {
-    keep.add(conv.id);
-    let it = items.get(conv.id);
-    if (!it) {
-      it = { li: h('li'), sig: '' };
-      items.set(conv.id, it);
-    }
-    const sig = signature(conv);
-    if (sig !== it.sig) {
-      it.sig = sig;
-      it.li.replaceChildren(item(conv));
-    }
-    if (it.li === cursor) cursor = cursor.nextSibling;
-    else list.insertBefore(it.li, cursor);
-  }
-  for (const [id, it] of items) {
-    if (!keep.has(id)) { it.li.remove(); if (!state.convs.has(id)) items.delete(id); }
-  }
+  // A conversation hidden by the search keeps its element for when it shows again.
+  reconcile(list, items, convs.map((conv) => ({
+    key: conv.id,
+    sig: signature(conv),
+    create: () => h('li'),
+    fill: (li) => li.replaceChildren(item(conv)),
+  })), { keep: (id) => state.convs.has(id) });
   const refocus = focused && items.get(focused);
-  if (refocus && refocus.li.isConnected && !refocus.li.contains(document.activeElement)) refocus.li.firstChild.focus();
+  if (refocus && refocus.el.isConnected && !refocus.el.contains(document.activeElement)) refocus.el.firstChild.focus();
 
   const empty = $('conv-empty');
   let text = '';
