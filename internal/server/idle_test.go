@@ -47,6 +47,9 @@ func TestHeartbeatTimeout(t *testing.T) {
 	const hb = 200 * time.Millisecond
 	ts := startServer(t, func(c *Config) { c.Gateway.Heartbeat = hb })
 	alice := ts.signup("alice")
+	// The clock starts before the dial, so "took" is an upper bound on the silent
+	// connection's life: a close before 3*hb is a real early close.
+	start := time.Now()
 	dead := ts.dialRaw(alice.AccessToken)  // never reads, never writes
 	alive := ts.dialRaw(alice.AccessToken) // answers pings, as every client must
 	done := make(chan struct{})
@@ -54,7 +57,14 @@ func TestHeartbeatTimeout(t *testing.T) {
 		defer close(done)
 		_, _ = alive.tryRead(10 * hb) // reading answers the server's pings (wsutil does)
 	}()
-	start := time.Now()
+	// The client's dial returns once the upgrade response is read, which can be before
+	// the server has registered the connection: wait for both before watching for one.
+	for ts.gateway.Len() != 2 {
+		if time.Since(start) > hb {
+			t.Fatalf("connections registered: %d after %v, want 2", ts.gateway.Len(), time.Since(start))
+		}
+		time.Sleep(time.Millisecond)
+	}
 	for ts.gateway.Len() != 1 {
 		if time.Since(start) > 20*hb {
 			t.Fatalf("silent connection still open after %v", time.Since(start))

@@ -276,3 +276,28 @@ func TestTabsOfOneDevice(t *testing.T) {
 		}
 	}
 }
+
+// TestCommitPacing: with a commit interval, sends that each wait for their ack are stored
+// no faster than one transaction per interval, and all of them are stored, in order. (A
+// lower bound on time cannot fail by the machine being slow.)
+func TestCommitPacing(t *testing.T) {
+	const interval = 40 * time.Millisecond
+	const n = 8
+	ts := startServer(t, func(c *Config) { c.Chat.CommitInterval = interval })
+	alice, bob := ts.signup("alice"), ts.signup("bob")
+	conv := ts.direct(alice, bob)
+	c := ts.dialRaw(alice.AccessToken)
+	start := time.Now()
+	for i := range n {
+		id := uuid.NewString()
+		c.send(protocol.ClientFrame{Type: "send", ID: id, ConversationID: conv.ID, Body: fmt.Sprint("m", i)})
+		if ack := c.readType(protocol.FrameAck); ack.ID != id || ack.Seq != int64(i+1) {
+			t.Fatalf("send %d: ack %+v", i, ack)
+		}
+	}
+	// The first commit may start at once; each later one waits for the interval.
+	if took, least := time.Since(start), (n-1)*interval; took < least {
+		t.Errorf("%d acked sends took %s, less than %s: commits were not paced", n, took, least)
+	}
+	checkSeqs(t, "history", ts.history(bob, conv.ID, 0), 1)
+}
