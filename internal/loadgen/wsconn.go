@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -15,7 +16,6 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
-	"github.com/gobwas/ws/wsutil"
 )
 
 // lconn is the load generator's own lean WebSocket client: no reconnects, no resume, no
@@ -26,7 +26,8 @@ type lconn struct {
 	nc  net.Conn
 	br  *bufio.Reader
 	wmu sync.Mutex
-	buf []byte // write scratch, under wmu
+	buf []byte // JSON scratch, under wmu
+	out []byte // frame scratch, under wmu
 }
 
 // dialer makes lean connections for one server, spreading them over source addresses.
@@ -73,7 +74,38 @@ func (d *dialer) dial(ctx context.Context, token string) (*lconn, error) {
 func (c *lconn) write(p []byte) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	return wsutil.WriteClientText(c.nc, p)
+	return c.writeFrame(ws.OpText, p)
+}
+
+// writeFrame writes one masked frame with a single system call. (wsutil's writers write
+// the header and the payload separately: two system calls here, and two TCP segments that
+// can each wake the server.) c.wmu is held.
+func (c *lconn) writeFrame(op ws.OpCode, p []byte) error {
+	c.out = appendClientFrame(c.out[:0], op, p)
+	_, err := c.nc.Write(c.out)
+	return err
+}
+
+// appendClientFrame appends a final, masked frame carrying p to dst (RFC 6455 section 5.2).
+func appendClientFrame(dst []byte, op ws.OpCode, p []byte) []byte {
+	const masked = 0x80
+	n := len(p)
+	dst = append(dst, 0x80|byte(op)) // FIN
+	switch {
+	case n < 126:
+		dst = append(dst, masked|byte(n))
+	case n <= 0xffff:
+		dst = append(dst, masked|126, byte(n>>8), byte(n))
+	default:
+		dst = append(dst, masked|127)
+		dst = binary.BigEndian.AppendUint64(dst, uint64(n))
+	}
+	mask := ws.NewMask()
+	dst = append(dst, mask[:]...)
+	start := len(dst)
+	dst = append(dst, p...)
+	ws.Cipher(dst[start:], mask, 0)
+	return dst
 }
 
 // send writes a send frame with the given id, conversation and body, without encoding JSON.
@@ -87,7 +119,7 @@ func (c *lconn) send(id, conv, body string) error {
 	c.buf = append(c.buf, `","body":"`...)
 	c.buf = append(c.buf, body...)
 	c.buf = append(c.buf, `"}`...)
-	return wsutil.WriteClientText(c.nc, c.buf)
+	return c.writeFrame(ws.OpText, c.buf)
 }
 
 // next returns the next text frame's payload, answering pings on the way.
@@ -106,7 +138,7 @@ func (c *lconn) next() ([]byte, error) {
 			return p, nil
 		case ws.OpPing:
 			c.wmu.Lock()
-			err := ws.WriteFrame(c.nc, ws.MaskFrameInPlace(ws.NewPongFrame(p)))
+			err := c.writeFrame(ws.OpPong, p)
 			c.wmu.Unlock()
 			if err != nil {
 				return nil, err
