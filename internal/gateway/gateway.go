@@ -2,9 +2,10 @@
 // decodes client frames and hands them to chat, and delivers events from the bus to every
 // connection of their recipients.
 //
-// The connection layer is event-driven: one epoll goroutine watches every socket, a
-// goroutine exists only while a connection has bytes to read or to write, and an idle
-// connection holds no buffer. That is what lets one process hold tens of thousands of
+// The connection layer is event-driven: one epoll goroutine watches every socket, a few
+// reader goroutines (more only while they are all busy) read the connections that have
+// bytes, a writer goroutine exists only while a connection has bytes to write, and an idle
+// connection holds no goroutine and no buffer. That is what lets one process hold tens of thousands of
 // connections in a few KiB each (see docs/architecture.md).
 package gateway
 
@@ -448,8 +449,8 @@ wait:
 	}
 	close(g.stop)
 	<-g.stopped
+	g.cancel() // before the poller waits for its readers: none stays blocked on g.ctx
 	g.poll.close()
-	g.cancel()
 	return nil
 }
 
