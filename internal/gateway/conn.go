@@ -31,10 +31,9 @@ type Conn struct {
 	deviceID string
 	lastRead atomic.Int64 // unix ms when bytes last arrived
 
-	// Reader state: touched only by the single goroutine handling a readiness event. rmu
-	// is never contended (the poller reports a connection again only after rearm); it
-	// orders the reader state between successive reading goroutines for the Go memory
-	// model, which does not see the kernel's ordering of epoll_ctl and epoll_wait.
+	// Reader state: touched only under rmu, by the goroutine handling a readiness event.
+	// Bytes that arrive while one reads are reported again, and that event's goroutine
+	// waits here for the first to finish, so frames are handled in order.
 	rmu     sync.Mutex
 	in      []byte // bytes of a frame not yet complete; nil when none
 	discard int64  // payload bytes still to skip of a frame that was too large
@@ -68,45 +67,55 @@ func (e *closeError) Error() string { return e.reason }
 var errClosed = errors.New("connection closed")
 
 // readBufPool holds the buffers a readiness event reads into: 4 KiB, since client frames are
-// small and a connection with more to read is reported again right after its rearm. Every
-// connection that wakes at once takes one (a heartbeat round wakes them all).
+// small; a read that fills the buffer is followed by another. Every connection that wakes at
+// once takes one (a heartbeat round wakes them all).
 var readBufPool = sync.Pool{New: func() any { b := make([]byte, 4<<10); return &b }}
 
-// readReady reads what the socket has, handles every complete frame, keeps a partial one,
-// and re-arms the poller.
+// readReady reads until the socket is drained, handles every complete frame, and keeps a
+// partial one for the next event.
 func (c *Conn) readReady() {
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
 	bp := readBufPool.Get().(*[]byte)
-	n, err := c.readSome(*bp)
-	if err == nil && n > 0 {
-		now := time.Now().UnixMilli()
-		c.lastRead.Store(now)
-		if now-c.lastBeat >= c.g.cfg.Heartbeat.Milliseconds()/2 {
-			c.lastBeat = now
-			c.g.pres.Heartbeat(c.g.ctx, c.userID, c.deviceID)
+	defer readBufPool.Put(bp)
+	for {
+		n, err := c.readSome(*bp)
+		if err == nil && n > 0 {
+			err = c.received((*bp)[:n])
 		}
-		data := (*bp)[:n]
-		if len(c.in) > 0 {
-			c.in = append(c.in, data...)
-			data = c.in
+		if err != nil {
+			c.closeFor(err)
+			return
 		}
-		var rest []byte
-		rest, err = c.consume(data)
-		if len(rest) > 0 {
-			c.in = append([]byte(nil), rest...)
-		} else {
-			c.in = nil
+		if n < len(*bp) {
+			break
 		}
 	}
-	readBufPool.Put(bp)
-	if err != nil {
-		c.closeFor(err)
-		return
-	}
-	if err := c.g.poll.rearm(c); err != nil {
+	if err := c.g.poll.drained(c); err != nil {
 		c.close(ws.StatusInternalServerError, "poller")
 	}
+}
+
+// received handles bytes read from the socket: it tells presence the connection is alive
+// (at most twice a heartbeat), handles the complete frames and keeps the rest.
+func (c *Conn) received(data []byte) error {
+	now := time.Now().UnixMilli()
+	c.lastRead.Store(now)
+	if now-c.lastBeat >= c.g.cfg.Heartbeat.Milliseconds()/2 {
+		c.lastBeat = now
+		c.g.pres.Heartbeat(c.g.ctx, c.userID, c.deviceID)
+	}
+	if len(c.in) > 0 {
+		c.in = append(c.in, data...)
+		data = c.in
+	}
+	rest, err := c.consume(data)
+	if len(rest) > 0 {
+		c.in = append([]byte(nil), rest...)
+	} else {
+		c.in = nil
+	}
+	return err
 }
 
 func (c *Conn) closeFor(err error) {

@@ -83,11 +83,12 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-// poller watches connections for readability and calls Conn.readReady, one goroutine per
-// connection at a time, until rearm.
+// poller watches connections for readability and calls Conn.readReady. readReady reads
+// until the socket has nothing more (a read shorter than its buffer) and then calls
+// drained.
 type poller interface {
 	add(c *Conn) error
-	rearm(c *Conn) error
+	drained(c *Conn) error
 	remove(c *Conn)
 	close()
 }

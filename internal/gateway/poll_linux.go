@@ -13,9 +13,12 @@ import (
 )
 
 // epoll watches every connection's socket with one epoll instance and one goroutine. A
-// socket is registered one-shot: after it reports readable, it reports nothing more until
-// the goroutine that handled it re-arms it, so exactly one goroutine reads a connection at a
-// time and an idle connection costs a kernel entry, not a goroutine.
+// socket is registered edge-triggered: it is reported when bytes arrive, and the reader
+// reads until the socket is drained (a short read), so an idle connection costs a kernel
+// entry, not a goroutine, and a read costs no epoll_ctl to re-arm the socket (one-shot
+// registration did: one more system call per client frame). Bytes that arrive while a
+// reader is at work are reported again; the next reader waits on the connection's read
+// lock, so one goroutine reads a connection at a time, in order.
 //
 // The event's user data is the connection's id, not its file descriptor, so an event that
 // was already returned for a socket closed meanwhile (whose fd number the kernel may have
@@ -42,7 +45,7 @@ type epoll struct {
 // P most of them went to new goroutines, with 8 few do (measured: docs/benchmarks.md).
 func pollReaders() int { return 8 * runtime.GOMAXPROCS(0) }
 
-const epollEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
+const epollEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET
 
 func newPoller(fail func(error)) (poller, error) {
 	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
@@ -81,9 +84,8 @@ func (p *epoll) add(c *Conn) error {
 	return nil
 }
 
-func (p *epoll) rearm(c *Conn) error {
-	return p.ctl(c, unix.EPOLL_CTL_MOD)
-}
+// drained has nothing to do: an edge-triggered socket is reported again when bytes arrive.
+func (p *epoll) drained(*Conn) error { return nil }
 
 func (p *epoll) remove(c *Conn) {
 	p.mu.Lock()

@@ -32,7 +32,7 @@ func (p *goroutinePoller) add(c *Conn) error {
 	return nil
 }
 
-func (p *goroutinePoller) rearm(c *Conn) error {
+func (p *goroutinePoller) drained(c *Conn) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if ch := p.resume[c.id]; ch != nil {

@@ -1,9 +1,12 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -132,5 +135,51 @@ func TestFragmentedFrames(t *testing.T) {
 	}
 	if h := ts.history(bob, conv.ID, 0); len(h) != 1 || h[0].Body != "in three parts" {
 		t.Fatalf("history = %+v", h)
+	}
+}
+
+// TestBurstInOneWrite: frames that arrive together, more than one read buffer's worth (a
+// send of about 8 KiB, then 200 pings), are all handled, in order. The gateway's sockets
+// are edge-triggered: a reader that stopped before draining the socket would never be
+// told about the rest.
+func TestBurstInOneWrite(t *testing.T) {
+	ts := startServer(t, nil)
+	alice, bob := ts.signup("alice"), ts.signup("bob")
+	conv := ts.direct(alice, bob)
+	c := ts.dialRaw(alice.AccessToken)
+	id := uuid.NewString()
+	body := strings.Repeat("long message ", 600) // 7,800 bytes, under the 8 KiB body limit
+	var burst bytes.Buffer
+	put := func(p []byte) {
+		if err := ws.WriteFrame(&burst, ws.MaskFrameInPlace(ws.NewTextFrame(p))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put(mustJSON(protocol.ClientFrame{Type: "send", ID: id, ConversationID: conv.ID, Body: body}))
+	const pings = 200
+	for i := range pings {
+		put(mustJSON(protocol.ClientFrame{Type: "ping", ID: fmt.Sprint(i)}))
+	}
+	if _, err := c.nc.Write(burst.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	// Pongs are answered at once, the ack after the commit: they interleave.
+	acked, pong := false, 0
+	for !acked || pong < pings {
+		switch f := c.read(); f.Type {
+		case protocol.FrameAck:
+			if acked || f.ID != id || f.Seq != 1 {
+				t.Fatalf("ack = %+v", f)
+			}
+			acked = true
+		case protocol.FramePong:
+			if f.ID != fmt.Sprint(pong) {
+				t.Fatalf("pong %d: %+v", pong, f)
+			}
+			pong++
+		}
+	}
+	if h := ts.history(bob, conv.ID, 0); len(h) != 1 || h[0].Body != body {
+		t.Fatalf("history has %d messages, want the one sent", len(h))
 	}
 }
