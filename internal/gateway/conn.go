@@ -31,9 +31,11 @@ type Conn struct {
 	deviceID string
 	lastRead atomic.Int64 // unix ms when bytes last arrived
 
-	// Reader state: touched only under rmu, by the goroutine handling a readiness event.
-	// Bytes that arrive while one reads are reported again, and that event's goroutine
-	// waits here for the first to finish, so frames are handled in order.
+	// Reader state: touched only under rmu, by the one goroutine reading the connection.
+	// rstate (the epoll poller's) makes it one: bytes that arrive while a reader is at work
+	// make that reader read again instead of starting another. rmu orders the state between
+	// successive readers, and keeps any poller honest.
+	rstate  atomic.Int32
 	rmu     sync.Mutex
 	in      []byte // bytes of a frame not yet complete; nil when none
 	discard int64  // payload bytes still to skip of a frame that was too large
@@ -87,12 +89,17 @@ func (c *Conn) readReady() {
 			c.closeFor(err)
 			return
 		}
-		if n < len(*bp) {
-			break
+		if n == len(*bp) {
+			continue // the buffer is full: there may be more
 		}
-	}
-	if err := c.g.poll.drained(c); err != nil {
-		c.close(ws.StatusInternalServerError, "poller")
+		again, err := c.g.poll.drained(c)
+		if err != nil {
+			c.close(ws.StatusInternalServerError, "poller")
+			return
+		}
+		if !again {
+			return
+		}
 	}
 }
 

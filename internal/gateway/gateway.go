@@ -83,12 +83,13 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-// poller watches connections for readability and calls Conn.readReady. readReady reads
-// until the socket has nothing more (a read shorter than its buffer) and then calls
-// drained.
+// poller watches connections for readability and calls Conn.readReady, one goroutine per
+// connection at a time. readReady reads until the socket has nothing more (a read shorter
+// than its buffer) and then calls drained, which reports whether bytes arrived meanwhile
+// that the same goroutine should read.
 type poller interface {
 	add(c *Conn) error
-	drained(c *Conn) error
+	drained(c *Conn) (again bool, err error)
 	remove(c *Conn)
 	close()
 }

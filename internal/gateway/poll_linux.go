@@ -17,8 +17,8 @@ import (
 // reads until the socket is drained (a short read), so an idle connection costs a kernel
 // entry, not a goroutine, and a read costs no epoll_ctl to re-arm the socket (one-shot
 // registration did: one more system call per client frame). Bytes that arrive while a
-// reader is at work are reported again; the next reader waits on the connection's read
-// lock, so one goroutine reads a connection at a time, in order.
+// reader is at work are reported again, and that reader reads again (Conn.rstate), so one
+// goroutine reads a connection at a time, in order.
 //
 // The event's user data is the connection's id, not its file descriptor, so an event that
 // was already returned for a socket closed meanwhile (whose fd number the kernel may have
@@ -84,8 +84,42 @@ func (p *epoll) add(c *Conn) error {
 	return nil
 }
 
-// drained has nothing to do: an edge-triggered socket is reported again when bytes arrive.
-func (p *epoll) drained(*Conn) error { return nil }
+// A connection's rstate: no reader, a reader at work, or a reader at work and bytes
+// reported since it started.
+const (
+	readIdle = iota
+	readBusy
+	readAgain
+)
+
+// wake reports whether a ready connection needs a reader started. If one is at work, it is
+// told to read again instead: no second goroutine waits on the first.
+func (p *epoll) wake(c *Conn) bool {
+	for {
+		switch c.rstate.Load() {
+		case readIdle:
+			if c.rstate.CompareAndSwap(readIdle, readBusy) {
+				return true
+			}
+		case readBusy:
+			if c.rstate.CompareAndSwap(readBusy, readAgain) {
+				return false
+			}
+		default:
+			return false
+		}
+	}
+}
+
+// drained ends a reader's turn, unless bytes were reported while it read: then it reads
+// again (the bytes may be those it has read already; the next read then finds nothing).
+func (p *epoll) drained(c *Conn) (bool, error) {
+	if c.rstate.CompareAndSwap(readBusy, readIdle) {
+		return false, nil
+	}
+	c.rstate.Store(readBusy)
+	return true, nil
+}
 
 func (p *epoll) remove(c *Conn) {
 	p.mu.Lock()
@@ -117,7 +151,7 @@ func (p *epoll) run() {
 			p.mu.RLock()
 			c := p.conns[id]
 			p.mu.RUnlock()
-			if c == nil {
+			if c == nil || !p.wake(c) {
 				continue
 			}
 			select {

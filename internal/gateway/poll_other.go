@@ -32,7 +32,7 @@ func (p *goroutinePoller) add(c *Conn) error {
 	return nil
 }
 
-func (p *goroutinePoller) drained(c *Conn) error {
+func (p *goroutinePoller) drained(c *Conn) (bool, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if ch := p.resume[c.id]; ch != nil {
@@ -41,7 +41,7 @@ func (p *goroutinePoller) drained(c *Conn) error {
 		default:
 		}
 	}
-	return nil
+	return false, nil
 }
 
 func (p *goroutinePoller) remove(c *Conn) {
