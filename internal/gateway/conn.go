@@ -19,9 +19,10 @@ import (
 
 // Conn is one authenticated WebSocket connection of one device.
 //
-// While idle it holds no goroutine and no buffer: reads happen on a goroutine started by the
-// poller when the socket has bytes, using a pooled buffer; writes happen on a goroutine that
-// exists only while the send queue is not empty.
+// While idle it holds no goroutine and no buffer: reads happen on one of the poller's reader
+// goroutines (or one it starts when they are all busy) when the socket has bytes, using a
+// pooled buffer; writes happen on a goroutine that exists only while the send queue is not
+// empty.
 type Conn struct {
 	g        *Gateway
 	id       uint64
@@ -35,7 +36,12 @@ type Conn struct {
 	// rstate (the epoll poller's) makes it one: bytes that arrive while a reader is at work
 	// make that reader read again instead of starting another. rmu orders the state between
 	// successive readers, and keeps any poller honest.
-	rstate  atomic.Int32
+	rstate atomic.Int32
+	// hup is set by the poller when the peer has shut down or the socket has an error: the
+	// reader must then read on to the end or the error, since a short read no longer means
+	// that it will be told of what follows (the kernel returns the last bytes first and the
+	// EOF only to the next read, and an edge-triggered socket reports the hang-up once).
+	hup     atomic.Bool
 	rmu     sync.Mutex
 	in      []byte // bytes of a frame not yet complete; nil when none
 	discard int64  // payload bytes still to skip of a frame that was too large
@@ -89,8 +95,8 @@ func (c *Conn) readReady() {
 			c.closeFor(err)
 			return
 		}
-		if n == len(*bp) {
-			continue // the buffer is full: there may be more
+		if n == len(*bp) || (n > 0 && c.hup.Load()) {
+			continue // the buffer is full, or the peer hung up: there is more, or the end
 		}
 		again, err := c.g.poll.drained(c)
 		if err != nil {

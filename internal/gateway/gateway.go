@@ -451,7 +451,10 @@ wait:
 	}
 	close(g.stop)
 	<-g.stopped
-	g.cancel() // before the poller waits for its readers: none stays blocked on g.ctx
+	// Before the poller waits for its readers: none stays blocked on g.ctx. (A reader can
+	// also block handing a frame to chat, whose queues take no context; the server closes
+	// chat before the gateway, which unblocks them.)
+	g.cancel()
 	g.poll.close()
 	return nil
 }

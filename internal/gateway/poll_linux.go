@@ -14,9 +14,9 @@ import (
 
 // epoll watches every connection's socket with one epoll instance and one goroutine. A
 // socket is registered edge-triggered: it is reported when bytes arrive, and the reader
-// reads until the socket is drained (a short read), so an idle connection costs a kernel
-// entry, not a goroutine, and a read costs no epoll_ctl to re-arm the socket (one-shot
-// registration did: one more system call per client frame). Bytes that arrive while a
+// reads until the socket is drained (a short read; after a hang-up, to the end), so an
+// idle connection costs a kernel entry, not a goroutine, and a read costs no epoll_ctl to
+// re-arm the socket (one-shot registration did: one more system call per client frame). Bytes that arrive while a
 // reader is at work are reported again, and that reader reads again (Conn.rstate), so one
 // goroutine reads a connection at a time, in order.
 //
@@ -151,7 +151,13 @@ func (p *epoll) run() {
 			p.mu.RLock()
 			c := p.conns[id]
 			p.mu.RUnlock()
-			if c == nil || !p.wake(c) {
+			if c == nil {
+				continue
+			}
+			if events[i].Events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+				c.hup.Store(true) // before wake: the reader that sees the wake sees this
+			}
+			if !p.wake(c) {
 				continue
 			}
 			select {
@@ -168,7 +174,7 @@ func (p *epoll) close() {
 		return
 	}
 	<-p.done
-	p.readers.Wait()
+	p.readers.Wait() // the pool's; a reader started beside it finds its connection closed
 	_ = unix.Close(p.fd)
 }
 
@@ -177,13 +183,17 @@ func (c *Conn) readSome(buf []byte) (int, error) {
 	var n int
 	var rerr error
 	err := c.rc.Read(func(fd uintptr) bool {
-		n, rerr = unix.Read(int(fd), buf)
-		return true // never park: the poller tells us when there is more
+		for {
+			n, rerr = unix.Read(int(fd), buf)
+			if !errors.Is(rerr, unix.EINTR) {
+				return true // never park: the poller tells us when there is more
+			}
+		}
 	})
 	switch {
 	case err != nil:
 		return 0, err
-	case errors.Is(rerr, unix.EAGAIN), errors.Is(rerr, unix.EINTR):
+	case errors.Is(rerr, unix.EAGAIN):
 		return 0, nil
 	case rerr != nil:
 		return 0, rerr
