@@ -5,8 +5,8 @@
 // The connection layer is event-driven: one epoll goroutine watches every socket, a few
 // reader goroutines (more only while they are all busy) read the connections that have
 // bytes, a writer goroutine exists only while a connection has bytes to write, and an idle
-// connection holds no goroutine and no buffer. That is what lets one process hold tens of thousands of
-// connections in a few KiB each (see docs/architecture.md).
+// connection holds no goroutine and no buffer. That is what lets one process hold tens of
+// thousands of connections in a few KiB each (see docs/architecture.md).
 package gateway
 
 import (

@@ -16,9 +16,9 @@ import (
 // socket is registered edge-triggered: it is reported when bytes arrive, and the reader
 // reads until the socket is drained (a short read; after a hang-up, to the end), so an
 // idle connection costs a kernel entry, not a goroutine, and a read costs no epoll_ctl to
-// re-arm the socket (one-shot registration did: one more system call per client frame). Bytes that arrive while a
-// reader is at work are reported again, and that reader reads again (Conn.rstate), so one
-// goroutine reads a connection at a time, in order.
+// re-arm the socket (one-shot registration did: one more system call per client frame).
+// Bytes that arrive while a reader is at work are reported again, and that reader reads
+// again (Conn.rstate), so one goroutine reads a connection at a time, in order.
 //
 // The event's user data is the connection's id, not its file descriptor, so an event that
 // was already returned for a socket closed meanwhile (whose fd number the kernel may have
