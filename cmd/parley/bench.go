@@ -119,8 +119,8 @@ func bench(ctx context.Context, args []string) error {
 	case "reconnect":
 		clients := fs.Int("clients", 2000, "clients (an even number: they come in pairs)")
 		messages := fs.Int("messages", 1, "messages each client sends its partner before the drop")
-		run = func(url string, _ int) (fmt.Stringer, error) {
-			res, err := loadgen.Reconnect(ctx, loadgen.ReconnectConfig{URL: url, Clients: *clients, Messages: *messages, SourceIPs: bf.sourceIPs()})
+		run = func(url string, pid int) (fmt.Stringer, error) {
+			res, err := loadgen.Reconnect(ctx, loadgen.ReconnectConfig{URL: url, Clients: *clients, Messages: *messages, SourceIPs: bf.sourceIPs(), ServerPID: pid})
 			return res, checked(err, res.Missing, 0)
 		}
 	default:

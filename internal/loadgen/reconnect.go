@@ -26,20 +26,24 @@ type ReconnectConfig struct {
 	Messages  int
 	Prefix    string
 	SourceIPs []string
+	ServerPID int // to report the server's CPU use from the drop to the last catch-up; 0 = not
 }
 
 // ReconnectResult is what a reconnect run measured.
 type ReconnectResult struct {
-	Scenario    string  `json:"scenario"`
-	Clients     int     `json:"clients"`
-	Messages    int     `json:"messages_each"`
-	ReconnectS  float64 `json:"all_reconnected_s"`
-	CaughtUpS   float64 `json:"all_caught_up_s"`
-	Reconnect   Summary `json:"reconnect"`
-	CatchUp     Summary `json:"caught_up"`
-	Missing     int     `json:"missing"`
-	Requests    int64   `json:"http_requests"`
-	ConnectErrs int64   `json:"connect_errors"`
+	Scenario   string  `json:"scenario"`
+	Clients    int     `json:"clients"`
+	Messages   int     `json:"messages_each"`
+	ReconnectS float64 `json:"all_reconnected_s"`
+	CaughtUpS  float64 `json:"all_caught_up_s"`
+	Reconnect  Summary `json:"reconnect"`
+	CatchUp    Summary `json:"caught_up"`
+	Missing    int     `json:"missing"`
+	// Host is how the machine's CPU was spent from the drop until every client had caught
+	// up (Linux).
+	Host        *HostCPU `json:"host,omitempty"`
+	Requests    int64    `json:"http_requests"`
+	ConnectErrs int64    `json:"connect_errors"`
 }
 
 func (r ReconnectResult) String() string {
@@ -48,7 +52,7 @@ func (r ReconnectResult) String() string {
   per client reconnect %s
   per client caught up %s
   missing %d  connect errors %d`,
-		r.Clients, r.Messages, r.ReconnectS, r.CaughtUpS, r.Requests, r.Reconnect, r.CatchUp, r.Missing, r.ConnectErrs)
+		r.Clients, r.Messages, r.ReconnectS, r.CaughtUpS, r.Requests, r.Reconnect, r.CatchUp, r.Missing, r.ConnectErrs) + r.Host.String()
 }
 
 // Reconnect runs the reconnect scenario.
@@ -137,6 +141,7 @@ func Reconnect(ctx context.Context, cfg ReconnectConfig) (ReconnectResult, error
 	var connectErrs atomic.Int64
 	missing := make([]int, cfg.Clients)
 	var lastConnected atomic.Int64
+	hostFrom := readHost(cfg.ServerPID)
 	start := time.Now()
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 1024) // dials in flight: beyond the listen backlog they only queue
@@ -204,6 +209,7 @@ func Reconnect(ctx context.Context, cfg ReconnectConfig) (ReconnectResult, error
 	}
 	wg.Wait()
 	res := ReconnectResult{
+		Host:     hostBetween(hostFrom, readHost(cfg.ServerPID)),
 		Scenario: "reconnect", Clients: cfg.Clients, Messages: cfg.Messages,
 		ReconnectS: time.Duration(lastConnected.Load()).Seconds(), CaughtUpS: catchH.Max().Seconds(),
 		Reconnect: recH.Summary(), CatchUp: catchH.Summary(), Requests: requests.Load(), ConnectErrs: connectErrs.Load(),
