@@ -71,9 +71,7 @@ func embedded(ctx context.Context, dir string, log *slog.Logger, size int) (*Bus
 		return nil, fmt.Errorf("natsbus: embedded: server not ready after %s", wait)
 	}
 
-	b := newBus(log, size)
-	b.srv = srv
-	b.inProcess = true // DontListen: no other node can reach this server
+	b := newBus(log, size, srv) // DontListen: no other node can reach this server
 	if err := b.connect(ctx, srv.ClientURL(), nats.InProcessServer(srv)); err != nil {
 		stop()
 		return nil, fmt.Errorf("natsbus: embedded: connect in process: %w", err)

@@ -76,12 +76,12 @@ type Bus struct {
 	nc  *nats.Conn
 	js  jetstream.JetStream
 	log *slog.Logger
-	srv *server.Server // set by Embedded only: shut down by Close
-	// inProcess is set when the server is embedded without a port: nothing but this Bus can
-	// publish or subscribe there, so core pub/sub never goes to the server.
-	inProcess bool
+	// srv is set by Embedded only, and shut down by Close. It is embedded without a port:
+	// nothing but this Bus can publish or subscribe there, so while srv is set core
+	// pub/sub never goes to the server.
+	srv *server.Server
 
-	msgs  chan *nats.Msg // from NATS (other nodes' publishes); read only by dispatch
+	msgs  chan *nats.Msg // from NATS (other nodes' publishes), nil with srv; read only by dispatch
 	local chan localMsg  // this Bus's publishes to its own subscribers; read only by dispatch
 	stop  chan struct{}  // closed by Close: dispatch drains both channels and returns
 	done  chan struct{}  // closed by dispatch when it returns
@@ -92,6 +92,7 @@ type Bus struct {
 	byNATS      map[*nats.Subscription]*subscription
 	closed      bool
 	droppedGone uint64 // drops counted on subscriptions already cancelled
+	dropsMoved  bool   // close has added every subscription's drops to droppedGone
 
 	closeOnce sync.Once
 	closeErr  error
@@ -131,7 +132,7 @@ type Stats struct {
 // re-subscribes everything on reconnect. Messages published by others while the link is
 // down are lost to this node (at most once; subscribers catch up from the store).
 func Connect(ctx context.Context, url string, log *slog.Logger) (*Bus, error) {
-	b := newBus(log, bufferSize)
+	b := newBus(log, bufferSize, nil)
 	if err := b.connect(ctx, url); err != nil {
 		return nil, fmt.Errorf("natsbus: connect to %s: %w", redactURLs(url), err)
 	}
@@ -149,13 +150,19 @@ func redactURLs(list string) string {
 	return strings.Join(parts, ",")
 }
 
-func newBus(log *slog.Logger, size int) *Bus {
+// newBus makes a Bus with dispatch buffers of size; srv is the embedded server, or nil.
+func newBus(log *slog.Logger, size int, srv *server.Server) *Bus {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	var msgs chan *nats.Msg
+	if srv == nil {
+		msgs = make(chan *nats.Msg, size)
+	}
 	return &Bus{
 		log:    log,
-		msgs:   make(chan *nats.Msg, size),
+		srv:    srv,
+		msgs:   msgs,
 		local:  make(chan localMsg, size),
 		stop:   make(chan struct{}),
 		done:   make(chan struct{}),
@@ -239,10 +246,7 @@ func (b *Bus) Publish(subject string, data []byte) error {
 		default:
 			b.localDropped.Add(1)
 			if !b.localSlow.Swap(true) {
-				total := b.slowEvents.Add(1)
-				b.warnLimited("bus: dispatch buffer full, dropping messages (slow handlers)",
-					"subject", subject, "buffered", len(b.local), "capacity", cap(b.local),
-					"slow_consumer_events", total)
+				b.slowConsumer(subject, len(b.local), cap(b.local))
 			}
 		}
 	}
@@ -255,7 +259,7 @@ func (b *Bus) Publish(subject string, data []byte) error {
 		}
 	}
 	b.mu.RUnlock()
-	if b.inProcess {
+	if b.srv != nil {
 		return nil
 	}
 	if err := b.nc.Publish(subject, data); err != nil {
@@ -282,7 +286,7 @@ func (b *Bus) Subscribe(subject string, h bus.Handler) (bus.Subscription, error)
 	if b.closed {
 		return nil, fmt.Errorf("natsbus: subscribe to %q: %w", subject, ErrClosed)
 	}
-	if !b.inProcess {
+	if b.srv == nil {
 		ns, err := b.nc.ChanSubscribe(subject, b.msgs)
 		if err != nil {
 			return nil, fmt.Errorf("natsbus: subscribe to %q: %w", subject, err)
@@ -373,9 +377,11 @@ func (b *Bus) Stats() Stats {
 		st.Subscriptions += len(subs)
 	}
 	st.Subscriptions += len(b.wild)
-	for ns := range b.byNATS {
-		if n, err := ns.Dropped(); err == nil {
-			st.Dropped += uint64(n)
+	if !b.dropsMoved {
+		for ns := range b.byNATS {
+			if n, err := ns.Dropped(); err == nil {
+				st.Dropped += uint64(n)
+			}
 		}
 	}
 	return st
@@ -405,14 +411,15 @@ func (b *Bus) close() error {
 		}
 	}
 	// Count the subscriptions' drops while nats.go still answers for them, so that Stats
-	// does not go down after Close.
+	// does not go down after Close. byNATS stays until the dispatcher has delivered what is
+	// buffered: deliver looks subscriptions up there.
 	b.mu.Lock()
 	for ns := range b.byNATS {
 		if n, err := ns.Dropped(); err == nil {
 			b.droppedGone += uint64(n)
 		}
 	}
-	clear(b.byNATS)
+	b.dropsMoved = true
 	b.mu.Unlock()
 	// After Close returns, nats.go has marked every subscription closed under its lock, so
 	// the read loop sends nothing more to b.msgs.
@@ -431,6 +438,7 @@ func (b *Bus) close() error {
 	}
 	clear(b.exact)
 	b.wild = nil
+	clear(b.byNATS)
 	b.mu.Unlock()
 
 	if b.srv != nil {
@@ -492,13 +500,17 @@ func (b *Bus) asyncError(_ *nats.Conn, sub *nats.Subscription, err error) {
 		subject = sub.Subject
 	}
 	if errors.Is(err, nats.ErrSlowConsumer) {
-		total := b.slowEvents.Add(1)
-		b.warnLimited("bus: dispatch buffer full, dropping messages (slow handlers)",
-			"subject", subject, "buffered", len(b.msgs), "capacity", cap(b.msgs),
-			"slow_consumer_events", total)
+		b.slowConsumer(subject, len(b.msgs), cap(b.msgs))
 		return
 	}
 	b.warnLimited("bus: NATS error", "subject", subject, "err", err)
+}
+
+// slowConsumer counts and reports a dispatch buffer (local or NATS) found full.
+func (b *Bus) slowConsumer(subject string, buffered, capacity int) {
+	total := b.slowEvents.Add(1)
+	b.warnLimited("bus: dispatch buffer full, dropping messages (slow handlers)",
+		"subject", subject, "buffered", buffered, "capacity", capacity, "slow_consumer_events", total)
 }
 
 // warnLimited logs at most once per slowLogEvery and says how many lines it held back.
