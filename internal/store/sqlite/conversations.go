@@ -576,13 +576,13 @@ func (s *Store) MemberIDs(ctx context.Context, id string) ([]string, error) {
 }
 
 // IsMember implements store.Conversations.
-func (s *Store) IsMember(ctx context.Context, id, userID string) (bool, error) {
+func (s *Store) IsMember(ctx context.Context, id, userID string) (_ bool, err error) {
 	const op = "is member"
 	if err := s.enter(op); err != nil {
 		return false, err
 	}
-	defer s.leaveRead()
+	defer s.leaveRead(&err)
 	var ok bool
-	err := s.rv.isMember.QueryRowContext(ctx, id, userID).Scan(&ok)
+	err = s.rv.isMember.QueryRowContext(ctx, id, userID).Scan(&ok)
 	return ok, wrap(op, err)
 }

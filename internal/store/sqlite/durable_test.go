@@ -213,3 +213,46 @@ func TestFailedWriteWaitsForWhatItSaw(t *testing.T) {
 		t.Fatalf("second CreateUser = %v, want ErrConflict", err)
 	}
 }
+
+// TestReadInFlightWhenSyncFails: a point read (not made through s.read) that saw a commit
+// whose sync then fails answers with the failure, not with what it saw, as reads through
+// s.read do.
+func TestReadInFlightWhenSyncFails(t *testing.T) {
+	s := openTemp(t)
+	ctx := t.Context()
+	_, release := heldSyncs(t, s)
+	created := make(chan error, 1)
+	go func() { created <- s.CreateUser(ctx, protocol.User{ID: "a1", Username: "alice"}, "h") }()
+	deadline := time.Now().Add(5 * time.Second)
+	for s.sync.started.Load() == 0 || func() bool { s.sync.mu.Lock(); defer s.sync.mu.Unlock(); return s.sync.written < s.sync.started.Load() }() {
+		if time.Now().After(deadline) {
+			t.Fatal("CreateUser never committed")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	type answer struct {
+		u   protocol.User
+		err error
+	}
+	read := make(chan answer, 1)
+	go func() {
+		u, err := s.UserByID(ctx, "a1")
+		read <- answer{u, err}
+	}()
+	select {
+	case a := <-read:
+		t.Fatalf("UserByID answered (%+v, %v) before the user was synced", a.u, a.err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	// A closed file makes the held sync fail the way a failing disk would.
+	s.sync.mu.Lock()
+	s.sync.f.Close()
+	s.sync.mu.Unlock()
+	release()
+	if err := <-created; err == nil {
+		t.Fatal("CreateUser succeeded although its sync failed")
+	}
+	if a := <-read; a.err == nil {
+		t.Fatalf("UserByID = %+v, nil error, after the sync of what it read failed", a.u)
+	}
+}

@@ -348,9 +348,12 @@ func (s *Store) leave() { s.mu.RUnlock() }
 
 // leaveRead is leave for a read not made with s.read: before the answer is returned it waits
 // until every commit the read may have seen is durable (durable.go), so nothing a crash
-// could take back is ever shown.
-func (s *Store) leaveRead() {
-	_ = s.sync.seen()
+// could take back is ever shown; after a failed sync *err becomes that error instead of
+// the answer, as with read. Deferred, with err the method's named result.
+func (s *Store) leaveRead(err *error) {
+	if serr := s.sync.seen(); serr != nil && *err == nil {
+		*err = serr
+	}
 	s.mu.RUnlock()
 }
 

@@ -52,15 +52,15 @@ func (s *Store) CreateUser(ctx context.Context, u protocol.User, passwordHash st
 }
 
 // UserByUsername implements store.Users.
-func (s *Store) UserByUsername(ctx context.Context, username string) (protocol.User, string, error) {
+func (s *Store) UserByUsername(ctx context.Context, username string) (_ protocol.User, _ string, err error) {
 	const op = "user by username"
 	if err := s.enter(op); err != nil {
 		return protocol.User{}, "", err
 	}
-	defer s.leaveRead()
+	defer s.leaveRead(&err)
 	var u protocol.User
 	var hash string
-	err := s.rq().QueryRowContext(ctx,
+	err = s.rq().QueryRowContext(ctx,
 		`SELECT `+userCols+`, password_hash FROM users WHERE username = ?`, username).
 		Scan(&u.ID, &u.Username, &u.DisplayName, &u.CreatedTS, &hash)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -73,12 +73,12 @@ func (s *Store) UserByUsername(ctx context.Context, username string) (protocol.U
 }
 
 // UserByID implements store.Users.
-func (s *Store) UserByID(ctx context.Context, id string) (protocol.User, error) {
+func (s *Store) UserByID(ctx context.Context, id string) (_ protocol.User, err error) {
 	const op = "user by id"
 	if err := s.enter(op); err != nil {
 		return protocol.User{}, err
 	}
-	defer s.leaveRead()
+	defer s.leaveRead(&err)
 	u, err := scanUser(s.rq().QueryRowContext(ctx, `SELECT `+userCols+` FROM users WHERE id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return protocol.User{}, fmt.Errorf("sqlite: %s %q: %w", op, id, store.ErrNotFound)
@@ -90,12 +90,12 @@ func (s *Store) UserByID(ctx context.Context, id string) (protocol.User, error) 
 const maxParams = 500
 
 // UsersByID implements store.Users.
-func (s *Store) UsersByID(ctx context.Context, ids []string) ([]protocol.User, error) {
+func (s *Store) UsersByID(ctx context.Context, ids []string) (_ []protocol.User, err error) {
 	const op = "users by id"
 	if err := s.enter(op); err != nil {
 		return nil, err
 	}
-	defer s.leaveRead()
+	defer s.leaveRead(&err)
 	us := []protocol.User{}
 	for len(ids) > 0 {
 		chunk := ids[:min(len(ids), maxParams)]
@@ -145,15 +145,14 @@ func (s *Store) SetDisplayName(ctx context.Context, id, displayName string) (pro
 
 // SearchUsers implements store.Users. The prefix match is a range scan of the username index:
 // username >= prefix and below the least string greater than every string with that prefix.
-func (s *Store) SearchUsers(ctx context.Context, prefix string, limit int) ([]protocol.User, error) {
+func (s *Store) SearchUsers(ctx context.Context, prefix string, limit int) (_ []protocol.User, err error) {
 	const op = "search users"
 	if err := s.enter(op); err != nil {
 		return nil, err
 	}
-	defer s.leaveRead()
+	defer s.leaveRead(&err)
 	limit = limitOrDefault(limit)
 	var rows *sql.Rows
-	var err error
 	if upper, ok := prefixUpperBound(prefix); ok {
 		rows, err = s.rq().QueryContext(ctx, `SELECT `+userCols+` FROM users
 			WHERE username >= ? AND username < ? ORDER BY username LIMIT ?`, prefix, upper, limit)
@@ -209,12 +208,12 @@ func (s *Store) CreateDevice(ctx context.Context, d store.Device) error {
 }
 
 // Device implements store.Devices.
-func (s *Store) Device(ctx context.Context, id string) (store.Device, error) {
+func (s *Store) Device(ctx context.Context, id string) (_ store.Device, err error) {
 	const op = "device"
 	if err := s.enter(op); err != nil {
 		return store.Device{}, err
 	}
-	defer s.leaveRead()
+	defer s.leaveRead(&err)
 	d, err := scanDevice(s.rq().QueryRowContext(ctx, `SELECT `+deviceCols+` FROM devices WHERE id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return store.Device{}, fmt.Errorf("sqlite: %s %q: %w", op, id, store.ErrNotFound)
@@ -223,12 +222,12 @@ func (s *Store) Device(ctx context.Context, id string) (store.Device, error) {
 }
 
 // DeviceByRefreshHash implements store.Devices.
-func (s *Store) DeviceByRefreshHash(ctx context.Context, hash string) (store.Device, error) {
+func (s *Store) DeviceByRefreshHash(ctx context.Context, hash string) (_ store.Device, err error) {
 	const op = "device by refresh hash"
 	if err := s.enter(op); err != nil {
 		return store.Device{}, err
 	}
-	defer s.leaveRead()
+	defer s.leaveRead(&err)
 	d, err := scanDevice(s.rq().QueryRowContext(ctx,
 		`SELECT `+deviceCols+` FROM devices WHERE refresh_hash = ? AND revoked_ts = 0 LIMIT 1`, hash))
 	if errors.Is(err, sql.ErrNoRows) {
@@ -342,12 +341,12 @@ func (s *Store) DeleteContact(ctx context.Context, userID, contactID string) err
 }
 
 // ContactsOf implements store.Contacts.
-func (s *Store) ContactsOf(ctx context.Context, userID string) ([]protocol.User, error) {
+func (s *Store) ContactsOf(ctx context.Context, userID string) (_ []protocol.User, err error) {
 	const op = "contacts of"
 	if err := s.enter(op); err != nil {
 		return nil, err
 	}
-	defer s.leaveRead()
+	defer s.leaveRead(&err)
 	rows, err := s.rq().QueryContext(ctx, `SELECT u.id, u.username, u.display_name, u.created_ts
 		FROM contacts c JOIN users u ON u.id = c.contact_id
 		WHERE c.user_id = ? ORDER BY u.username`, userID)
@@ -370,11 +369,11 @@ func (s *Store) PresenceVisible(ctx context.Context, viewerID string) ([]string,
 
 // presence returns the users of contactsQuery (with ?1 the user) and the user's direct
 // partners, each once.
-func (s *Store) presence(ctx context.Context, op, contactsQuery, userID string) ([]string, error) {
+func (s *Store) presence(ctx context.Context, op, contactsQuery, userID string) (_ []string, err error) {
 	if err := s.enter(op); err != nil {
 		return nil, err
 	}
-	defer s.leaveRead()
+	defer s.leaveRead(&err)
 	rows, err := s.rq().QueryContext(ctx, contactsQuery+`
 		UNION SELECT other.user_id FROM members me
 			JOIN conversations c ON c.id = me.conversation_id AND c.type = 'direct'
