@@ -111,8 +111,9 @@ func closeAll(defs []stmtDef) {
 	}
 }
 
-// maxCachedStmts bounds a stmtCache: query texts built with a variable number of
-// placeholders (UsersByID) are distinct texts, and past the bound they are prepared per use.
+// maxCachedStmts bounds a stmtCache, as a safety net: the store's query texts are
+// constants (UsersByID, whose texts vary with the list's length, goes around the cache), and
+// past the bound a text is prepared per use.
 const maxCachedStmts = 256
 
 // stmtCache prepares each query text once per pool, for the queries that are not in the

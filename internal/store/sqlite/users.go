@@ -104,7 +104,9 @@ func (s *Store) UsersByID(ctx context.Context, ids []string) (_ []protocol.User,
 		for i, id := range chunk {
 			args[i] = id
 		}
-		rows, err := s.rq().QueryContext(ctx,
+		// Not through the statement cache: each list length is a query text of its own,
+		// up to maxParams of them, and they would take the cache's slots for good.
+		rows, err := s.reader.QueryContext(ctx,
 			`SELECT `+userCols+` FROM users WHERE id IN (`+placeholders(len(chunk))+`)`, args...)
 		if err != nil {
 			return nil, wrap(op, err)
