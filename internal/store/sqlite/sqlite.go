@@ -115,7 +115,6 @@ func open(ctx context.Context, path string, fsys fs.FS) (_ *Store, err error) {
 		v.Add("_pragma", "foreign_keys(ON)")
 		return v
 	}
-	common := pragmas("FULL")
 
 	// The writer's commits do not wait for the disk: walSyncer syncs the WAL behind them,
 	// and every write waits for that before it is reported (durable.go).
@@ -150,7 +149,7 @@ func open(ctx context.Context, path string, fsys fs.FS) (_ *Store, err error) {
 
 	// The reader opens after the migrations, so that it never sees a half-made schema and
 	// its journal_mode pragma finds the file already in WAL mode.
-	rq := cloneValues(common)
+	rq := pragmas("FULL")
 	rq.Add("_pragma", "query_only(ON)")
 	rq.Add("_pragma", "cache_size(-16384)")
 	s.reader, err = sql.Open("sqlite", path+"?"+rq.Encode())
@@ -165,7 +164,7 @@ func open(ctx context.Context, path string, fsys fs.FS) (_ *Store, err error) {
 		return nil, fmt.Errorf("sqlite: open %s: reader: %w", path, err)
 	}
 
-	s.ckpt, err = sql.Open("sqlite", path+"?"+common.Encode())
+	s.ckpt, err = sql.Open("sqlite", path+"?"+pragmas("FULL").Encode())
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: open %s: checkpointer: %w", path, err)
 	}
@@ -185,14 +184,6 @@ func open(ctx context.Context, path string, fsys fs.FS) (_ *Store, err error) {
 		return nil, fmt.Errorf("sqlite: open %s: prepare: %w", path, err)
 	}
 	return s, nil
-}
-
-func cloneValues(v url.Values) url.Values {
-	c := make(url.Values, len(v))
-	for k, vs := range v {
-		c[k] = append([]string(nil), vs...)
-	}
-	return c
 }
 
 // migration is one numbered SQL file.
