@@ -354,19 +354,13 @@ func (s *Service) run() {
 	defer close(s.out)
 	batch := make([]*op, 0, s.cfg.MaxBatch)
 	var lastStart time.Time
-	var pace *time.Timer
 	for o := range s.queue {
 		if o.member != nil {
 			s.changeMembership(o.member)
 			continue
 		}
 		if wait := s.cfg.CommitInterval - time.Since(lastStart); wait > 0 {
-			if pace == nil {
-				pace = time.NewTimer(wait)
-			} else {
-				pace.Reset(wait)
-			}
-			<-pace.C
+			time.Sleep(wait)
 		}
 		lastStart = time.Now()
 		batch = append(batch[:0], o)
