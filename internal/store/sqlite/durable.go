@@ -39,9 +39,12 @@ type walSyncer struct {
 	fi      os.FileInfo // of f, to notice the WAL being replaced
 	written uint64      // commits that have finished writing their frames (or failed)
 	synced  uint64      // commits known to be on stable storage
-	err     error       // a failed sync: sticky, since the kernel may have dropped the pages
 	closed  bool
 	changed chan struct{} // closed (and replaced) whenever synced, err or closed changes
+
+	// err is a failed sync: sticky, since the kernel may have dropped the pages. Set under
+	// mu; atomic so that failed, which every store call asks, takes no lock.
+	err atomic.Pointer[error]
 
 	// started counts commits begun: read without mu by readers. commitMu makes commits
 	// take their numbers in the order they are written.
@@ -121,7 +124,7 @@ func (w *walSyncer) commit(fn func() error) (uint64, error) {
 func (w *walSyncer) wait(n uint64) error {
 	for {
 		w.mu.Lock()
-		synced, err, closed, ch := w.synced, w.err, w.closed, w.changed
+		synced, err, closed, ch := w.synced, w.failed(), w.closed, w.changed
 		w.mu.Unlock()
 		switch {
 		case synced >= n:
@@ -177,7 +180,7 @@ func (w *walSyncer) round() {
 	}
 	w.mu.Lock()
 	target := w.written
-	if target <= w.synced || w.err != nil {
+	if target <= w.synced || w.failed() != nil {
 		w.mu.Unlock()
 		return
 	}
@@ -188,7 +191,8 @@ func (w *walSyncer) round() {
 	}
 	w.mu.Lock()
 	if err != nil {
-		w.err = fmt.Errorf("WAL sync failed, the store refuses every call from now on: %w", err)
+		err = fmt.Errorf("WAL sync failed, the store refuses every call from now on: %w", err)
+		w.err.Store(&err)
 	} else {
 		w.synced = target
 	}
@@ -228,7 +232,8 @@ func (w *walSyncer) close() {
 
 // failed returns the error of a failed sync, or nil.
 func (w *walSyncer) failed() error {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.err
+	if p := w.err.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
