@@ -152,12 +152,35 @@ func (w window) in(t time.Time) bool { return !t.Before(w.from) && t.Before(w.to
 // meter counts and times what happens inside the measured window.
 type meter struct {
 	win              window
+	host             func() *HostCPU // the machine's use in win, once win has ended
 	ackH, delH       Histogram
 	lateH            Histogram // rate: schedule → frame written
 	acked, delivered atomic.Uint64
 	errs             atomic.Int64
 	closes           atomic.Int64 // connections the server closed during the run
 	closeReason      atomic.Pointer[string]
+}
+
+// newMeter starts a run's measurement: a warmup from now, then a window of dur. The
+// returned context ends with the window.
+func newMeter(ctx context.Context, warmup, dur time.Duration, serverPID int) (*meter, context.Context, context.CancelFunc) {
+	start := time.Now()
+	m := &meter{win: window{from: start.Add(warmup), to: start.Add(warmup + dur)}}
+	runCtx, stop := context.WithDeadline(ctx, m.win.to)
+	m.host = watchHost(runCtx, m.win.from, m.win.to, serverPID)
+	return m, runCtx, stop
+}
+
+// readLoop reads c's frames and hands each to handle until c ends, recording why it did.
+func (m *meter) readLoop(c *lconn, handle func(frameInfo)) {
+	for {
+		p, err := c.next()
+		if err != nil {
+			m.readEnded(err)
+			return
+		}
+		handle(parse(p))
+	}
 }
 
 // readEnded records why a connection's reading stopped, if the server closed it.
@@ -218,8 +241,6 @@ func (m *meter) send(s *sender, t0 time.Time) error {
 	err := s.c.send(id, s.conv, strconv.FormatInt(t0.UnixNano(), 10))
 	if err != nil {
 		m.errs.Add(1)
-	} else if m.win.in(t0) {
-		m.lateH.Record(time.Since(t0))
 	}
 	return err
 }
@@ -291,25 +312,17 @@ func Direct(ctx context.Context, cfg DirectConfig) (DirectResult, error) {
 		trackers[i] = newTracker(1)
 	}
 
-	start := time.Now()
-	m := &meter{win: window{from: start.Add(cfg.Warmup), to: start.Add(cfg.Warmup + cfg.Duration)}}
-	runCtx, stop := context.WithDeadline(ctx, m.win.to)
+	m, runCtx, stop := newMeter(ctx, cfg.Warmup, cfg.Duration, cfg.ServerPID)
 	defer stop()
-	host := watchHost(runCtx, m.win.from, m.win.to, cfg.ServerPID)
 
 	var readers sync.WaitGroup
 	for i, r := range receivers {
 		readers.Go(func() {
-			for {
-				p, err := r.next()
-				if err != nil {
-					m.readEnded(err)
-					return
-				}
-				if f := parse(p); f.typ == protocol.FrameMessage {
+			m.readLoop(r, func(f frameInfo) {
+				if f.typ == protocol.FrameMessage {
 					m.delivery(f, trackers[i])
 				}
-			}
+			})
 		})
 	}
 	for i, s := range senders {
@@ -317,19 +330,14 @@ func Direct(ctx context.Context, cfg DirectConfig) (DirectResult, error) {
 			s.slots = make(chan struct{}, cfg.InFlight)
 		}
 		readers.Go(func() {
-			for {
-				p, err := s.c.next()
-				if err != nil {
-					m.readEnded(err)
-					return
-				}
-				switch f := parse(p); f.typ {
+			m.readLoop(s.c, func(f frameInfo) {
+				switch f.typ {
 				case protocol.FrameAck:
 					m.ack(s, f, trackers[i])
 				case protocol.FrameError:
 					m.errs.Add(1)
 				}
-			}
+			})
 		})
 	}
 
@@ -343,7 +351,7 @@ func Direct(ctx context.Context, cfg DirectConfig) (DirectResult, error) {
 			}
 			interval := time.Duration(float64(time.Second) / perSender)
 			// Spread the senders' schedules over one interval.
-			next := start.Add(time.Duration(i) * interval / time.Duration(len(senders)))
+			next := m.win.from.Add(-cfg.Warmup + time.Duration(i)*interval/time.Duration(len(senders)))
 			for runCtx.Err() == nil {
 				if wait := time.Until(next); wait > 0 {
 					time.Sleep(wait)
@@ -352,13 +360,16 @@ func Direct(ctx context.Context, cfg DirectConfig) (DirectResult, error) {
 				if m.send(s, next) != nil {
 					return
 				}
+				if m.win.in(next) {
+					m.lateH.Record(time.Since(next))
+				}
 				next = next.Add(interval)
 			}
 		})
 	}
 	writers.Wait()
 	elapsed := min(time.Since(m.win.from), cfg.Duration)
-	hostCPU := host()
+	hostCPU := m.host()
 	// Let acks and deliveries in flight arrive before checking that each acked message came
 	// exactly once.
 	settle(trackers, 5*time.Second)

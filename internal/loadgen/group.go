@@ -113,11 +113,8 @@ func Group(ctx context.Context, cfg GroupConfig) (GroupResult, error) {
 		}
 	}
 
-	start := time.Now()
-	m := &meter{win: window{from: start.Add(cfg.Warmup), to: start.Add(cfg.Warmup + cfg.Duration)}}
-	runCtx, stop := context.WithDeadline(ctx, m.win.to)
+	m, runCtx, stop := newMeter(ctx, cfg.Warmup, cfg.Duration, cfg.ServerPID)
 	defer stop()
-	host := watchHost(runCtx, m.win.from, m.win.to, cfg.ServerPID)
 	isSender := map[*lconn]*sender{}
 	for _, s := range senders {
 		isSender[s.c] = s
@@ -129,13 +126,8 @@ func Group(ctx context.Context, cfg GroupConfig) (GroupResult, error) {
 	for _, mem := range receivers {
 		s := isSender[mem.c]
 		readers.Go(func() {
-			for {
-				p, err := mem.c.next()
-				if err != nil {
-					m.readEnded(err)
-					return
-				}
-				switch f := parse(p); f.typ {
+			m.readLoop(mem.c, func(f frameInfo) {
+				switch f.typ {
 				case protocol.FrameMessage:
 					m.delivery(f, mem.tr)
 				case protocol.FrameAck:
@@ -145,7 +137,7 @@ func Group(ctx context.Context, cfg GroupConfig) (GroupResult, error) {
 				case protocol.FrameError:
 					m.errs.Add(1)
 				}
-			}
+			})
 		})
 	}
 	var writers sync.WaitGroup
@@ -154,7 +146,7 @@ func Group(ctx context.Context, cfg GroupConfig) (GroupResult, error) {
 	}
 	writers.Wait()
 	elapsed := min(time.Since(m.win.from), cfg.Duration)
-	hostCPU := host()
+	hostCPU := m.host()
 	settle(trackers, 10*time.Second)
 	for _, c := range conns {
 		c.close()
