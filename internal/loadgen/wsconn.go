@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -26,8 +25,9 @@ type lconn struct {
 	nc  net.Conn
 	br  *bufio.Reader
 	wmu sync.Mutex
-	buf []byte // JSON scratch, under wmu
-	out []byte // frame scratch, under wmu
+	buf []byte                 // JSON scratch, under wmu
+	out bytes.Buffer           // frame scratch, under wmu
+	hdr [ws.MaxHeaderSize]byte // header scratch, under wmu
 }
 
 // dialer makes lean connections for one server, spreading them over source addresses.
@@ -81,31 +81,20 @@ func (c *lconn) write(p []byte) error {
 // the header and the payload separately: two system calls here, and two TCP segments that
 // can each wake the server.) c.wmu is held.
 func (c *lconn) writeFrame(op ws.OpCode, p []byte) error {
-	c.out = appendClientFrame(c.out[:0], op, p)
-	_, err := c.nc.Write(c.out)
+	c.out.Reset()
+	writeClientFrame(&c.out, c.hdr[:], op, p)
+	_, err := c.nc.Write(c.out.Bytes())
 	return err
 }
 
-// appendClientFrame appends a final, masked frame carrying p to dst (RFC 6455 section 5.2).
-func appendClientFrame(dst []byte, op ws.OpCode, p []byte) []byte {
-	const masked = 0x80
-	n := len(p)
-	dst = append(dst, 0x80|byte(op)) // FIN
-	switch {
-	case n < 126:
-		dst = append(dst, masked|byte(n))
-	case n <= 0xffff:
-		dst = append(dst, masked|126, byte(n>>8), byte(n))
-	default:
-		dst = append(dst, masked|127)
-		dst = binary.BigEndian.AppendUint64(dst, uint64(n))
-	}
-	mask := ws.NewMask()
-	dst = append(dst, mask[:]...)
-	start := len(dst)
-	dst = append(dst, p...)
-	ws.Cipher(dst[start:], mask, 0)
-	return dst
+// writeClientFrame writes a final, masked frame carrying p to buf (RFC 6455 section 5.2),
+// encoding the header with gobwas/ws into hdr (ws.MaxHeaderSize bytes).
+func writeClientFrame(buf *bytes.Buffer, hdr []byte, op ws.OpCode, p []byte) {
+	h := ws.Header{Fin: true, OpCode: op, Masked: true, Mask: ws.NewMask(), Length: int64(len(p))}
+	_ = ws.WriteHeaderBuffer(buf, h, hdr) // fails only on a short hdr; a Buffer's Write cannot
+	start := buf.Len()
+	buf.Write(p)
+	ws.Cipher(buf.Bytes()[start:], h.Mask, 0)
 }
 
 // send writes a send frame with the given id, conversation and body, without encoding JSON.
@@ -164,11 +153,8 @@ func (e *closedError) Error() string {
 }
 
 func serverClose(p []byte) error {
-	e := &closedError{}
-	if len(p) >= 2 {
-		e.code, e.reason = uint16(p[0])<<8|uint16(p[1]), string(p[2:])
-	}
-	return e
+	code, reason := ws.ParseCloseFrameData(p)
+	return &closedError{code: uint16(code), reason: reason}
 }
 
 // frameInfo is what the scenarios need from a server frame, found without a full decode.

@@ -8,9 +8,9 @@ import (
 	"github.com/gobwas/ws"
 )
 
-// TestAppendClientFrame: a frame built in one buffer reads back, through gobwas/ws's own
+// TestWriteClientFrame: a frame built in one buffer reads back, through gobwas/ws's own
 // reader, as one final masked frame with the payload intact, at every length encoding.
-func TestAppendClientFrame(t *testing.T) {
+func TestWriteClientFrame(t *testing.T) {
 	for _, tc := range []struct {
 		op ws.OpCode
 		n  int
@@ -23,7 +23,10 @@ func TestAppendClientFrame(t *testing.T) {
 			p[i] = byte(i*7 + 3)
 		}
 		prefix := []byte("kept")
-		b := appendClientFrame(append([]byte(nil), prefix...), tc.op, p)
+		buf := bytes.NewBuffer(append([]byte(nil), prefix...))
+		var hdr [ws.MaxHeaderSize]byte
+		writeClientFrame(buf, hdr[:], tc.op, p)
+		b := buf.Bytes()
 		if !bytes.HasPrefix(b, prefix) {
 			t.Fatalf("n=%d: the bytes before the frame changed", tc.n)
 		}
