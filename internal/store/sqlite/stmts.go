@@ -243,6 +243,21 @@ func (q cached) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
 	return st, nil
 }
 
+// querier is what *sql.DB and *sql.Tx both offer: the uncached way to run a query.
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+// uncached runs a query unprepared, where q would have run it prepared.
+func (q cached) uncached() querier {
+	if q.tx != nil {
+		return q.tx
+	}
+	return q.c.db
+}
+
 func (q cached) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
 	st, err := q.stmt(ctx, query)
 	switch {
@@ -250,10 +265,8 @@ func (q cached) QueryContext(ctx context.Context, query string, args ...any) (*s
 		return nil, err
 	case st != nil:
 		return st.QueryContext(ctx, args...)
-	case q.tx != nil:
-		return q.tx.QueryContext(ctx, query, args...)
 	}
-	return q.c.db.QueryContext(ctx, query, args...)
+	return q.uncached().QueryContext(ctx, query, args...)
 }
 
 func (q cached) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
@@ -262,10 +275,7 @@ func (q cached) QueryRowContext(ctx context.Context, query string, args ...any) 
 	if st, err := q.stmt(ctx, query); err == nil && st != nil {
 		return st.QueryRowContext(ctx, args...)
 	}
-	if q.tx != nil {
-		return q.tx.QueryRowContext(ctx, query, args...)
-	}
-	return q.c.db.QueryRowContext(ctx, query, args...)
+	return q.uncached().QueryRowContext(ctx, query, args...)
 }
 
 func (q cached) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
@@ -275,8 +285,6 @@ func (q cached) ExecContext(ctx context.Context, query string, args ...any) (sql
 		return nil, err
 	case st != nil:
 		return st.ExecContext(ctx, args...)
-	case q.tx != nil:
-		return q.tx.ExecContext(ctx, query, args...)
 	}
-	return q.c.db.ExecContext(ctx, query, args...)
+	return q.uncached().ExecContext(ctx, query, args...)
 }
