@@ -65,9 +65,9 @@ func TestWebAppServed(t *testing.T) {
 
 // TestWebE2E drives the web app in headless Chromium through Playwright (web/e2e/e2e.mjs):
 // three users in two conversations, typing, ticks, an offline period, and an XSS body, with
-// access tokens that expire every 3 s. It
-// needs Node.js, web/e2e/node_modules (npm ci) and Chromium; .ci/run installs them. Without
-// them it skips, unless PARLEY_TEST_REQUIRE_SERVICES=1.
+// access tokens that expire every 3 s. It needs Node.js, web/e2e/node_modules (npm ci) and
+// Chromium; .ci/run installs them. Without them it skips, unless
+// PARLEY_TEST_REQUIRE_SERVICES=1.
 //
 // Screenshots go to $PARLEY_SCREENSHOT_DIR, or a temp dir that is logged.
 func TestWebE2E(t *testing.T) {
