@@ -218,7 +218,11 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c.tokens = float64(2 * g.cfg.FramesPerSecond)
 	c.tokenTS = time.Now().UnixMicro()
 	c.lastBeat = c.lastRead.Load()
-	// ready goes first, before the connection is visible to deliveries.
+	// ready goes first in the queue, before the connection is visible to deliveries, and
+	// is written only once the connection is registered: a client that has read it gets
+	// every event published from then on (and a sync it starts then misses nothing). No
+	// writer runs until then; c is not shared yet, so no lock is needed to say so.
+	c.writing = true
 	c.enqueue(frame.MustJSON(protocol.ReadyFrame{
 		Type: protocol.FrameReady, UserID: userID, DeviceID: deviceID,
 		HeartbeatMS: g.cfg.Heartbeat.Milliseconds(),
@@ -228,6 +232,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.close(ws.StatusInternalServerError, "server busy")
 		return
 	}
+	go c.flush()
 	g.pres.Heartbeat(g.ctx, userID, deviceID)
 	// Bytes the client sent right behind its handshake are already in the handshake's
 	// reader, where the poller cannot see them: handle them here first.

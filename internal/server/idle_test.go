@@ -57,14 +57,9 @@ func TestHeartbeatTimeout(t *testing.T) {
 		defer close(done)
 		_, _ = alive.tryRead(10 * hb) // reading answers the server's pings (wsutil does)
 	}()
-	// The client's dial returns once the upgrade response is read, which can be before
-	// the server has registered the connection: wait for both before watching for one.
-	// (Up to 2*hb: the silent one is closed no sooner than 3*hb after it registered.)
-	for ts.gateway.Len() != 2 {
-		if time.Since(start) > 2*hb {
-			t.Fatalf("connections registered: %d after %v, want 2", ts.gateway.Len(), time.Since(start))
-		}
-		time.Sleep(time.Millisecond)
+	// Both have read ready, so both are registered (TestReadyMeansRegistered).
+	if got := ts.gateway.Len(); got != 2 {
+		t.Fatalf("connections registered: %d, want 2", got)
 	}
 	for ts.gateway.Len() != 1 {
 		if time.Since(start) > 20*hb {
@@ -81,4 +76,23 @@ func TestHeartbeatTimeout(t *testing.T) {
 		t.Fatalf("pong %+v", p)
 	}
 	_ = dead
+}
+
+// TestReadyMeansRegistered: once a client has read ready, its connection is registered
+// (subscribed to its user's events), so an event published from then on reaches it. The
+// server once wrote ready from the writer goroutine before registering the connection: a
+// client, or this test, could act on ready inside that gap.
+func TestReadyMeansRegistered(t *testing.T) {
+	ts := startServer(t, nil)
+	accts := make([]account, 20)
+	for i := range accts {
+		accts[i] = ts.signup("ready" + string(rune('a'+i)))
+	}
+	const n = 300
+	for i := range n {
+		ts.dialRaw(accts[i%len(accts)].AccessToken) // returns once ready is read
+		if got := ts.gateway.Len(); got != i+1 {
+			t.Fatalf("dial %d: ready read with %d connections registered, want %d", i, got, i+1)
+		}
+	}
 }
