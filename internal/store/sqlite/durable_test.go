@@ -35,6 +35,24 @@ func heldSyncs(t *testing.T, s *Store) (reached <-chan struct{}, release func())
 	return r, release
 }
 
+// waitCommitted waits until a commit has begun and every commit begun is written (visible,
+// not necessarily synced).
+func waitCommitted(t *testing.T, s *Store) {
+	t.Helper()
+	written := func() bool {
+		s.sync.mu.Lock()
+		defer s.sync.mu.Unlock()
+		return s.sync.written >= s.sync.started.Load()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for s.sync.started.Load() == 0 || !written() {
+		if time.Now().After(deadline) {
+			t.Fatal("no commit was written")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func seedDirect(t *testing.T, s *Store) {
 	t.Helper()
 	ctx := t.Context()
@@ -188,14 +206,7 @@ func TestFailedWriteWaitsForWhatItSaw(t *testing.T) {
 	_, release := heldSyncs(t, s)
 	first := make(chan error, 1)
 	go func() { first <- s.CreateUser(ctx, protocol.User{ID: "a1", Username: "alice"}, "h") }()
-	// Wait until the first user is committed (visible to the writer), not synced.
-	deadline := time.Now().Add(5 * time.Second)
-	for s.sync.started.Load() == 0 || func() bool { s.sync.mu.Lock(); defer s.sync.mu.Unlock(); return s.sync.written < s.sync.started.Load() }() {
-		if time.Now().After(deadline) {
-			t.Fatal("the first CreateUser never committed")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitCommitted(t, s) // the first user: visible to the writer, not synced
 	second := make(chan error, 1)
 	go func() { second <- s.CreateUser(ctx, protocol.User{ID: "a2", Username: "alice"}, "h") }()
 	select {
@@ -223,13 +234,7 @@ func TestReadInFlightWhenSyncFails(t *testing.T) {
 	_, release := heldSyncs(t, s)
 	created := make(chan error, 1)
 	go func() { created <- s.CreateUser(ctx, protocol.User{ID: "a1", Username: "alice"}, "h") }()
-	deadline := time.Now().Add(5 * time.Second)
-	for s.sync.started.Load() == 0 || func() bool { s.sync.mu.Lock(); defer s.sync.mu.Unlock(); return s.sync.written < s.sync.started.Load() }() {
-		if time.Now().After(deadline) {
-			t.Fatal("CreateUser never committed")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitCommitted(t, s)
 	type answer struct {
 		u   protocol.User
 		err error
