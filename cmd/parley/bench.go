@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"runtime/pprof"
 	"strings"
 	"time"
@@ -21,6 +22,8 @@ scenarios:
   group      G groups of M online members, S senders each: fan-out
   idle       C authenticated, heartbeating connections held open; server RSS per connection
   reconnect  C clients drop at once and reconnect; time until all have caught up
+
+(idle-worker is the process that idle starts to hold its connections; not run by hand.)
 
 Without --url, bench starts its own server (embedded defaults, in a temp dir) as a child
 process, so that server and load generator are measured as separate processes. Every
@@ -77,6 +80,9 @@ func bench(ctx context.Context, args []string) error {
 		return flag.ErrHelp
 	}
 	scenario := args[0]
+	if scenario == "idle-worker" {
+		return loadgen.IdleWorker(ctx, os.Stdin, os.Stdout)
+	}
 	fs := flag.NewFlagSet("bench "+scenario, flag.ContinueOnError)
 	bf := addBenchFlags(fs)
 	duration := fs.Duration("duration", 10*time.Second, "measured duration")
@@ -110,11 +116,19 @@ func bench(ctx context.Context, args []string) error {
 		conns := fs.Int("conns", 5000, "connections to hold")
 		users := fs.Int("users", 0, "accounts the connections are spread over (default: one each)")
 		hold := fs.Duration("hold", 10*time.Second, "how long to hold them, heartbeating")
+		procs := fs.Int("procs", 0, fmt.Sprintf("worker processes holding the connections (default: one per %d)", loadgen.IdleConnsPerProc))
+		settle := fs.Duration("settle", 7*time.Second, "wait after account setup before the first RSS reading")
 		run = func(url string, pid int) (fmt.Stringer, error) {
 			if *users == 0 {
 				*users = *conns
 			}
-			return loadgen.Idle(ctx, loadgen.IdleConfig{URL: url, Conns: *conns, Users: *users, Hold: *hold, ServerPID: pid, SourceIPs: bf.sourceIPs()})
+			exe, err := os.Executable()
+			if err != nil {
+				return nil, err
+			}
+			return loadgen.Idle(ctx, loadgen.IdleConfig{URL: url, Conns: *conns, Users: *users, Hold: *hold, ServerPID: pid,
+				SourceIPs: bf.sourceIPs(), Procs: *procs, Settle: *settle,
+				Worker: func() *exec.Cmd { return exec.Command(exe, "bench", "idle-worker") }})
 		}
 	case "reconnect":
 		clients := fs.Int("clients", 2000, "clients (an even number: they come in pairs)")

@@ -3,16 +3,31 @@ package loadgen
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
+// IdleConnsPerProc is how many connections one idle worker process holds at most when
+// IdleConfig.Procs is zero: half of the 20,000 open files a process may have here, which
+// leaves room for the process's own files and keeps a failed dial from being an EMFILE.
+const IdleConnsPerProc = 10000
+
+// idleHeartbeat is how often a worker pings each connection: half the server's default
+// heartbeat, as a client does.
+const idleHeartbeat = 5 * time.Second
+
 // IdleConfig is the "idle" scenario: Conns authenticated connections spread over Users
-// accounts, held open and heartbeating, while the server's memory is read.
+// accounts, held open and heartbeating by worker processes, while the server's memory is
+// read.
 type IdleConfig struct {
 	URL       string
 	Conns     int
@@ -20,34 +35,83 @@ type IdleConfig struct {
 	Hold      time.Duration // how long to hold them after the last one connected
 	ServerPID int           // read RSS from /proc/<pid>; 0 = not measured
 	Prefix    string
+	// Settle is how long to wait after account setup before the first RSS reading, so
+	// that the server has returned the setup's free heap to the OS (its sweeper runs
+	// every half heartbeat, 5 s by default). `parley bench idle` waits 7 s.
+	Settle time.Duration
 	// SourceIPs to dial from, round-robin (e.g. 127.0.0.2..9), so that more connections than
 	// one address's ephemeral ports can be held. Empty: the system's choice.
 	SourceIPs []string
+	// Procs is how many worker processes share the connections; 0 means one per
+	// IdleConnsPerProc. Each process may hold at most 20,000 open files here, and the
+	// workers' memory is measured apart from the coordinator's.
+	Procs int
+	// Worker returns a command that runs IdleWorker on its standard input and output
+	// (`parley bench idle-worker`). Idle starts it Procs times.
+	Worker func() *exec.Cmd
 }
 
 // IdleResult is what an idle run measured.
 type IdleResult struct {
 	Scenario          string  `json:"scenario"`
 	Conns             int     `json:"conns"`
+	Procs             int     `json:"procs"`
 	ServerRSSBeforeKB int64   `json:"server_rss_before_kib"`
 	ServerRSSAfterKB  int64   `json:"server_rss_after_kib"`
 	ServerKBPerConn   float64 `json:"server_kib_per_conn"`
-	ClientRSSKB       int64   `json:"client_rss_kib"`
+	ClientRSSKB       int64   `json:"client_rss_kib"` // the workers', summed
 	ConnectS          float64 `json:"connect_s"`
+	Pings             int64   `json:"pings"` // heartbeats sent during the hold, over all connections
 }
 
 func (r IdleResult) String() string {
-	return fmt.Sprintf(`idle: %d connections (connected in %.1fs)
+	procs := "processes"
+	if r.Procs == 1 {
+		procs = "process"
+	}
+	return fmt.Sprintf(`idle: %d connections held by %d %s (connected in %.1fs, %d heartbeats sent)
   server RSS %d KiB → %d KiB: %.2f KiB per connection
-  client RSS %d KiB`, r.Conns, r.ConnectS, r.ServerRSSBeforeKB, r.ServerRSSAfterKB, r.ServerKBPerConn, r.ClientRSSKB)
+  client RSS %d KiB`, r.Conns, r.Procs, procs, r.ConnectS, r.Pings, r.ServerRSSBeforeKB, r.ServerRSSAfterKB,
+		r.ServerKBPerConn, r.ClientRSSKB)
 }
 
-// Idle runs the idle scenario. Connections are raw WebSockets (not the SDK) so that the
-// load generator itself stays small; one goroutine heartbeats them all.
+// idleJob is what the coordinator sends a worker, as one JSON value on its standard input.
+type idleJob struct {
+	URL       string        `json:"url"`
+	SourceIPs []string      `json:"source_ips,omitempty"`
+	Tokens    []string      `json:"tokens"` // one connection each
+	Heartbeat time.Duration `json:"heartbeat"`
+}
+
+// idleReport is a line a worker writes on its standard output: one when its connections
+// are up (or it failed), one when its standard input closed.
+type idleReport struct {
+	Error     string  `json:"error,omitempty"`
+	Connected int     `json:"connected,omitempty"`
+	ConnectS  float64 `json:"connect_s,omitempty"`
+	Done      bool    `json:"done,omitempty"`
+	Closed    int     `json:"closed,omitempty"` // connections the server ended during the hold
+	Reason    string  `json:"reason,omitempty"` // why, for one of them
+	Pings     int64   `json:"pings,omitempty"`
+	RSSKiB    int64   `json:"rss_kib,omitempty"` // measured while still holding them
+}
+
+// Idle runs the idle scenario: it creates the accounts, starts the workers, holds the
+// connections for cfg.Hold and reads the server's RSS before and after. It fails if the
+// server closed any connection during the hold, since the figure would then be per
+// connection that was not there.
 func Idle(ctx context.Context, cfg IdleConfig) (IdleResult, error) {
 	if cfg.Conns <= 0 || cfg.Users <= 0 {
 		return IdleResult{}, errors.New("idle: conns and users must be positive")
 	}
+	if cfg.Worker == nil {
+		return IdleResult{}, errors.New("idle: no worker command")
+	}
+	procs := cfg.Procs
+	if procs <= 0 {
+		procs = (cfg.Conns + IdleConnsPerProc - 1) / IdleConnsPerProc
+	}
+	procs = min(procs, cfg.Conns)
 	if cfg.Prefix == "" {
 		cfg.Prefix = "i" + strconv.FormatInt(time.Now().UnixNano()%1e8, 36)
 	}
@@ -55,14 +119,213 @@ func Idle(ctx context.Context, cfg IdleConfig) (IdleResult, error) {
 	if err != nil {
 		return IdleResult{}, err
 	}
-	res := IdleResult{Scenario: "idle", Conns: cfg.Conns}
-	// Let the server settle after account creation: its sweeper returns free heap to the
-	// OS every half heartbeat (5 s by default).
-	time.Sleep(7 * time.Second)
+	res := IdleResult{Scenario: "idle", Conns: cfg.Conns, Procs: procs}
+	if err := sleep(ctx, cfg.Settle); err != nil {
+		return res, err
+	}
 	res.ServerRSSBeforeKB = rssKiB(cfg.ServerPID)
 
-	d := newDialer(cfg.URL, cfg.SourceIPs)
-	conns := make([]*lconn, cfg.Conns)
+	jobs := make([]idleJob, procs)
+	for i := range cfg.Conns {
+		j := &jobs[i%procs]
+		j.Tokens = append(j.Tokens, users[i%len(users)].Tokens().AccessToken)
+	}
+	workers := make([]*idleWorker, procs)
+	defer func() {
+		for _, w := range workers {
+			if w != nil {
+				w.kill()
+			}
+		}
+	}()
+	start := time.Now()
+	errs := make([]error, procs)
+	var wg sync.WaitGroup
+	for i := range jobs {
+		jobs[i].URL, jobs[i].SourceIPs, jobs[i].Heartbeat = cfg.URL, cfg.SourceIPs, idleHeartbeat
+		wg.Go(func() { workers[i], errs[i] = startIdleWorker(cfg.Worker(), jobs[i]) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return res, err
+	}
+	res.ConnectS = time.Since(start).Seconds()
+
+	// Hold, unless the server closes a connection first: then the run has failed, and
+	// there is no point holding the rest.
+	broke := make(chan struct{}, procs)
+	for _, w := range workers {
+		w.watching = true
+		go w.watch(broke)
+	}
+	hold := time.NewTimer(cfg.Hold)
+	defer hold.Stop()
+	select {
+	case <-ctx.Done():
+		return res, ctx.Err()
+	case <-broke:
+	case <-hold.C:
+		res.ServerRSSAfterKB = rssKiB(cfg.ServerPID)
+		res.ServerKBPerConn = float64(res.ServerRSSAfterKB-res.ServerRSSBeforeKB) / float64(cfg.Conns)
+	}
+
+	closed, reason := 0, ""
+	for i, w := range workers {
+		rep, err := w.finish()
+		workers[i] = nil
+		if err != nil {
+			return res, err
+		}
+		res.ClientRSSKB += rep.RSSKiB
+		res.Pings += rep.Pings
+		closed += rep.Closed
+		if rep.Reason != "" {
+			reason = rep.Reason
+		}
+	}
+	if closed > 0 {
+		return res, fmt.Errorf("idle: the server closed %d of %d connections during the hold (%s)", closed, cfg.Conns, reason)
+	}
+	return res, nil
+}
+
+// idleWorker is one running worker process, seen from the coordinator.
+type idleWorker struct {
+	cmd      *exec.Cmd
+	in       io.WriteCloser
+	out      *bufio.Scanner
+	final    chan idleFinal // from watch
+	watching bool           // watch runs
+}
+
+type idleFinal struct {
+	rep idleReport
+	err error
+}
+
+// startIdleWorker starts cmd, hands it its job and waits until it holds every connection.
+func startIdleWorker(cmd *exec.Cmd, job idleJob) (*idleWorker, error) {
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if cmd.Stderr == nil {
+		cmd.Stderr = os.Stderr
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("idle: starting a worker: %w", err)
+	}
+	w := &idleWorker{cmd: cmd, in: in, out: bufio.NewScanner(out), final: make(chan idleFinal, 1)}
+	if err := json.NewEncoder(in).Encode(job); err != nil {
+		w.kill()
+		return nil, fmt.Errorf("idle: sending a worker its job: %w", err)
+	}
+	rep, err := w.report()
+	if err == nil && rep.Closed > 0 {
+		err = fmt.Errorf("idle: the server closed a connection while the others were being dialed (%s)", rep.Reason)
+	}
+	if err == nil && rep.Connected != len(job.Tokens) {
+		err = fmt.Errorf("idle: a worker connected %d of %d", rep.Connected, len(job.Tokens))
+	}
+	if err != nil {
+		w.kill()
+		return nil, err
+	}
+	return w, nil
+}
+
+// report reads the worker's next line.
+func (w *idleWorker) report() (idleReport, error) {
+	if !w.out.Scan() {
+		err := w.out.Err()
+		if err == nil {
+			err = io.ErrUnexpectedEOF
+		}
+		return idleReport{}, fmt.Errorf("idle: worker pid %d: %w", w.cmd.Process.Pid, err)
+	}
+	var rep idleReport
+	if err := json.Unmarshal(w.out.Bytes(), &rep); err != nil {
+		return rep, fmt.Errorf("idle: worker pid %d wrote %q: %w", w.cmd.Process.Pid, w.out.Bytes(), err)
+	}
+	if rep.Error != "" {
+		return rep, fmt.Errorf("idle: worker pid %d: %s", w.cmd.Process.Pid, rep.Error)
+	}
+	return rep, nil
+}
+
+// watch reads the worker's reports after the first until its final one, which it hands to
+// finish, and signals broke when the worker says a connection was closed.
+func (w *idleWorker) watch(broke chan<- struct{}) {
+	for {
+		rep, err := w.report()
+		if err == nil && !rep.Done {
+			if rep.Closed > 0 {
+				broke <- struct{}{} // buffered: one per worker, and a worker says it once
+			}
+			continue
+		}
+		w.final <- idleFinal{rep, err}
+		return
+	}
+}
+
+// finish closes the worker's input, which tells it to report and exit, and waits for it.
+// watch must be running.
+func (w *idleWorker) finish() (idleReport, error) {
+	w.in.Close()
+	f := <-w.final
+	if werr := w.cmd.Wait(); werr != nil && f.err == nil {
+		f.err = fmt.Errorf("idle: worker pid %d: %w", w.cmd.Process.Pid, werr)
+	}
+	return f.rep, f.err
+}
+
+// kill ends a worker that is not to finish, and waits for it (and for watch, if it runs,
+// since its reads must end before Wait closes the pipe).
+func (w *idleWorker) kill() {
+	w.in.Close()
+	_ = w.cmd.Process.Kill()
+	if w.watching {
+		<-w.final
+	}
+	_ = w.cmd.Wait()
+}
+
+// IdleWorker is one idle worker process (`parley bench idle-worker`): it reads its job
+// from in, dials every connection, reports on out, then heartbeats them, answering the
+// server's pings and discarding what else comes, until in is closed; then it writes its
+// final report (its own RSS, measured while it still holds the connections) and closes
+// them. One goroutine per connection reads; one goroutine heartbeats them all, spread over
+// the interval as real clients' heartbeats are.
+func IdleWorker(ctx context.Context, in io.Reader, out io.Writer) error {
+	var encMu sync.Mutex // reports come from the readers too
+	enc := json.NewEncoder(out)
+	say := func(rep idleReport) error {
+		encMu.Lock()
+		defer encMu.Unlock()
+		return enc.Encode(rep)
+	}
+	fail := func(err error) error {
+		_ = say(idleReport{Error: err.Error()})
+		return err
+	}
+	var job idleJob
+	dec := json.NewDecoder(in)
+	if err := dec.Decode(&job); err != nil {
+		return fail(fmt.Errorf("reading the job: %w", err))
+	}
+	if job.Heartbeat <= 0 {
+		job.Heartbeat = idleHeartbeat
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	d := newDialer(job.URL, job.SourceIPs)
+	conns := make([]*lconn, len(job.Tokens))
 	defer func() {
 		for _, c := range conns {
 			if c != nil {
@@ -71,41 +334,98 @@ func Idle(ctx context.Context, cfg IdleConfig) (IdleResult, error) {
 		}
 	}()
 	start := time.Now()
-	if err := parallel(ctx, cfg.Conns, 64, func(i int) error {
-		c, err := d.dial(ctx, users[i%len(users)].Tokens().AccessToken)
+	if err := parallel(ctx, len(conns), 64, func(i int) error {
+		c, err := d.dial(ctx, job.Tokens[i])
 		if err != nil {
 			return fmt.Errorf("connection %d: %w", i, err)
 		}
 		conns[i] = c
 		return nil
 	}); err != nil {
-		return res, err
+		return fail(err)
 	}
-	res.ConnectS = time.Since(start).Seconds()
 
-	// Heartbeat every connection, as an idle client would, and discard what comes back.
-	ping := []byte(`{"type":"ping"}`)
-	deadline := time.Now().Add(cfg.Hold)
-	for time.Now().Before(deadline) && ctx.Err() == nil {
-		for _, c := range conns {
-			_ = c.nc.SetWriteDeadline(time.Now().Add(time.Second))
-			_ = c.write(ping)
-			// Discard the pongs (and the server's pings) without parsing: what an idle
-			// client reads does not matter here.
-			_ = c.nc.SetReadDeadline(time.Now().Add(time.Millisecond))
-			var buf [256]byte
+	var (
+		stopping atomic.Bool
+		closed   atomic.Int64
+		pings    atomic.Int64
+		mu       sync.Mutex
+		reason   string
+		first    sync.Once
+		readers  sync.WaitGroup
+	)
+	for _, c := range conns {
+		readers.Go(func() {
 			for {
-				if _, err := c.br.Read(buf[:]); err != nil {
-					break
+				if _, err := c.next(); err != nil {
+					if !stopping.Load() {
+						closed.Add(1)
+						mu.Lock()
+						reason = err.Error()
+						mu.Unlock()
+						// Say so at once: the coordinator stops the hold.
+						first.Do(func() { _ = say(idleReport{Closed: 1, Reason: err.Error()}) })
+					}
+					return
 				}
 			}
-		}
-		time.Sleep(min(5*time.Second, time.Until(deadline)))
+		})
 	}
-	res.ServerRSSAfterKB = rssKiB(cfg.ServerPID)
-	res.ClientRSSKB = rssKiB(os.Getpid())
-	res.ServerKBPerConn = float64(res.ServerRSSAfterKB-res.ServerRSSBeforeKB) / float64(cfg.Conns)
-	return res, nil
+	if err := say(idleReport{Connected: len(conns), ConnectS: time.Since(start).Seconds()}); err != nil {
+		return err
+	}
+
+	var beats sync.WaitGroup
+	beats.Go(func() { heartbeat(ctx, conns, job.Heartbeat, &pings) })
+	// Hold until the coordinator closes our input (or dies, which closes it too).
+	_, _ = io.Copy(io.Discard, io.MultiReader(dec.Buffered(), in))
+	rep := idleReport{Done: true, RSSKiB: rssKiB(os.Getpid())}
+	cancel()
+	beats.Wait()
+	stopping.Store(true)
+	for _, c := range conns {
+		c.close()
+	}
+	readers.Wait()
+	rep.Closed, rep.Pings, rep.Reason = int(closed.Load()), pings.Load(), reason
+	return say(rep)
+}
+
+// heartbeat pings every connection once per interval, spread evenly over it, until ctx
+// ends. A failed write is left to the connection's reader to report.
+func heartbeat(ctx context.Context, conns []*lconn, interval time.Duration, sent *atomic.Int64) {
+	ping := []byte(`{"type":"ping"}`)
+	// Wake at most every 10 ms, pinging the connections due since the last wake.
+	step := max(interval/time.Duration(len(conns)), 10*time.Millisecond)
+	per := max(1, int((int64(len(conns))*int64(step)+int64(interval)-1)/int64(interval)))
+	t := time.NewTicker(step)
+	defer t.Stop()
+	for i := 0; ; {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for range per {
+			c := conns[i%len(conns)]
+			i++
+			if c.writeWithin(ping, time.Second) == nil {
+				sent.Add(1)
+			}
+		}
+	}
+}
+
+// sleep waits d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // rssKiB reads a process's resident set size from /proc, or 0.

@@ -77,6 +77,16 @@ func (c *lconn) write(p []byte) error {
 	return c.writeFrame(ws.OpText, p)
 }
 
+// writeWithin is write with a deadline, which it clears again so that it does not fall
+// on a later write (a pong from the reader).
+func (c *lconn) writeWithin(p []byte, d time.Duration) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	_ = c.nc.SetWriteDeadline(time.Now().Add(d))
+	defer c.nc.SetWriteDeadline(time.Time{})
+	return c.writeFrame(ws.OpText, p)
+}
+
 // writeFrame writes one masked frame with a single system call. (wsutil's writers write
 // the header and the payload separately: two system calls here, and two TCP segments that
 // can each wake the server.) c.wmu is held.

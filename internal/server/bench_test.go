@@ -1,10 +1,14 @@
 package server
 
 import (
+	"context"
 	"os/exec"
 	"runtime"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/parley-chat/parley/internal/loadgen"
 )
 
 // TestBenchSmoke runs `parley bench` scenarios as a user would: each starts its own server
@@ -24,6 +28,8 @@ func TestBenchSmoke(t *testing.T) {
 		{"rate", []string{"rate", "--duration", "2s", "--warmup", "500ms", "--pairs", "4", "--rate", "400"}, "lost 0  duplicates 0  errors 0"},
 		{"group", []string{"group", "--duration", "2s", "--warmup", "500ms", "--groups", "1", "--members", "10", "--senders", "2", "--inflight", "2"}, "lost 0  duplicates 0  errors 0"},
 		{"reconnect", []string{"reconnect", "--clients", "40"}, "missing 0  connect errors 0"},
+		// idle fails unless every connection stays open through the hold.
+		{"idle", []string{"idle", "--conns", "40", "--procs", "2", "--hold", "1s", "--settle", "0s"}, "40 connections held by 2 processes"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out, err := exec.Command(bin, append([]string{"bench"}, tc.args...)...).CombinedOutput()
@@ -35,9 +41,44 @@ func TestBenchSmoke(t *testing.T) {
 				t.Fatalf("the run lost, duplicated or failed messages: no %q", tc.want)
 			}
 			// How the machine's CPU was spent in the measured window (read from /proc).
-			if runtime.GOOS == "linux" && !strings.Contains(string(out), "\n  machine ") {
+			if runtime.GOOS == "linux" && tc.name != "idle" && !strings.Contains(string(out), "\n  machine ") {
 				t.Fatal("no machine line")
 			}
 		})
+	}
+}
+
+// TestIdleFailsWhenConnectionsClose: the idle scenario's figure is per held connection, so
+// a connection the server ends during the hold must fail the run, not shrink the figure.
+func TestIdleFailsWhenConnectionsClose(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts worker processes")
+	}
+	bin := buildParley(t)
+	ts := startServer(t, nil)
+	const conns = 30
+	done := make(chan error, 1)
+	go func() {
+		_, err := loadgen.Idle(context.Background(), loadgen.IdleConfig{
+			URL: ts.base, Conns: conns, Users: 10, Hold: 30 * time.Second, Procs: 2,
+			Worker: func() *exec.Cmd { return exec.Command(bin, "bench", "idle-worker") },
+		})
+		done <- err
+	}()
+	for ts.gateway.Len() < conns {
+		select {
+		case err := <-done:
+			t.Fatalf("idle ended before holding %d connections: %v", conns, err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	ts.stop() // closes every connection with "server shutting down"
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "the server closed") {
+			t.Fatalf("idle after the server closed its connections: %v", err)
+		}
+	case <-time.After(20 * time.Second): // well before the 30 s hold: it stops at the first close
+		t.Fatal("idle did not end")
 	}
 }
