@@ -321,7 +321,8 @@ func (g *Gateway) deliver(subject string, data []byte) {
 	}
 	var ctl chat.Control
 	if control != nil {
-		if err := json.Unmarshal(control, &ctl); err != nil {
+		var err error
+		if ctl, err = decodeControl(control); err != nil {
 			g.log.Warn("bad control message on bus", "subject", subject, "err", err)
 			return
 		}
@@ -344,6 +345,14 @@ func (g *Gateway) deliver(subject string, data []byte) {
 			c.enqueue(f)
 		}
 	}
+}
+
+// decodeControl is apart from deliver so that the Control it decodes into escapes to the
+// heap only for control messages, not for every delivery.
+func decodeControl(data []byte) (chat.Control, error) {
+	var ctl chat.Control
+	err := json.Unmarshal(data, &ctl)
+	return ctl, err
 }
 
 // heapTrimmer returns free heap memory to the OS when there is much of it and the server is
