@@ -1,0 +1,131 @@
+package loadgen
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/parley-chat/parley/internal/auth"
+	"github.com/parley-chat/parley/internal/server"
+)
+
+// startServer runs a real server in this process on 127.0.0.1; stop shuts it down.
+func startServer(t *testing.T) (url string, stop func()) {
+	t.Helper()
+	cfg := server.Config{Listen: "127.0.0.1:0", Data: t.TempDir()}
+	cfg.API.Password = auth.Params{Memory: 64, Time: 1, Threads: 1}
+	s, err := server.New(context.Background(), cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	stopped := false
+	stop = func() {
+		if !stopped {
+			stopped = true
+			cancel()
+			<-done
+		}
+	}
+	t.Cleanup(stop)
+	return "http://" + s.Addr(), stop
+}
+
+// idleWorkerRun runs IdleWorker in this process (so that -race sees it) on pipes.
+type idleWorkerRun struct {
+	in   *io.PipeWriter
+	out  *bufio.Scanner
+	done chan error
+}
+
+func startIdleWorkerRun(t *testing.T, job idleJob) *idleWorkerRun {
+	t.Helper()
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	r := &idleWorkerRun{in: inW, out: bufio.NewScanner(outR), done: make(chan error, 1)}
+	go func() {
+		err := IdleWorker(context.Background(), inR, outW)
+		outW.CloseWithError(io.EOF)
+		r.done <- err
+	}()
+	t.Cleanup(func() { inW.Close(); _, _ = io.Copy(io.Discard, outR) })
+	go func() { _ = json.NewEncoder(inW).Encode(job) }()
+	return r
+}
+
+func (r *idleWorkerRun) next(t *testing.T) idleReport {
+	t.Helper()
+	if !r.out.Scan() {
+		t.Fatalf("worker ended: %v", r.out.Err())
+	}
+	var rep idleReport
+	if err := json.Unmarshal(r.out.Bytes(), &rep); err != nil {
+		t.Fatalf("report %q: %v", r.out.Bytes(), err)
+	}
+	return rep
+}
+
+func idleTokens(t *testing.T, url string, n int) []string {
+	t.Helper()
+	users, err := Accounts(context.Background(), url, "iw", n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens := make([]string, n)
+	for i, u := range users {
+		tokens[i] = u.Tokens().AccessToken
+	}
+	return tokens
+}
+
+// TestIdleWorker: a worker connects every token, says so, heartbeats each connection every
+// interval while it holds them, and on the end of its input reports what it did.
+func TestIdleWorker(t *testing.T) {
+	url, _ := startServer(t)
+	const conns, beat = 20, 50 * time.Millisecond
+	w := startIdleWorkerRun(t, idleJob{URL: url, Tokens: idleTokens(t, url, conns), Heartbeat: beat})
+	if rep := w.next(t); rep.Error != "" || rep.Connected != conns {
+		t.Fatalf("first report %+v, want %d connected", rep, conns)
+	}
+	time.Sleep(10 * beat)
+	w.in.Close()
+	rep := w.next(t)
+	if !rep.Done || rep.Closed != 0 || rep.RSSKiB <= 0 {
+		t.Fatalf("final report %+v", rep)
+	}
+	// About 10 rounds: a slow machine fires fewer ticks, and a few more can pass before the
+	// worker sees its input end; pinging every connection on every tick would be 50.
+	if rep.Pings < 3*conns || rep.Pings > 15*conns {
+		t.Fatalf("%d heartbeats over %d connections in 10 intervals", rep.Pings, conns)
+	}
+	if err := <-w.done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestIdleWorkerReportsClose: when the server ends the connections, the worker says so at
+// once (the coordinator stops the hold on it) and counts them in its final report.
+func TestIdleWorkerReportsClose(t *testing.T) {
+	url, stop := startServer(t)
+	const conns = 10
+	w := startIdleWorkerRun(t, idleJob{URL: url, Tokens: idleTokens(t, url, conns), Heartbeat: time.Second})
+	if rep := w.next(t); rep.Connected != conns {
+		t.Fatalf("first report %+v", rep)
+	}
+	stop()
+	if rep := w.next(t); rep.Closed != 1 || rep.Done || rep.Reason == "" {
+		t.Fatalf("report after the server stopped: %+v, want one close and its reason", rep)
+	}
+	// The server has closed every socket; give the other readers time to see it.
+	time.Sleep(500 * time.Millisecond)
+	w.in.Close()
+	if rep := w.next(t); !rep.Done || rep.Closed != conns {
+		t.Fatalf("final report %+v, want %d closed", rep, conns)
+	}
+}
