@@ -126,9 +126,13 @@ func bench(ctx context.Context, args []string) error {
 			if err != nil {
 				return nil, err
 			}
-			return loadgen.Idle(ctx, loadgen.IdleConfig{URL: url, Conns: *conns, Users: *users, Hold: *hold, ServerPID: pid,
+			res, err := loadgen.Idle(ctx, loadgen.IdleConfig{URL: url, Conns: *conns, Users: *users, Hold: *hold, ServerPID: pid,
 				SourceIPs: bf.sourceIPs(), Procs: *procs, Settle: *settle,
 				Worker: func() *exec.Cmd { return exec.Command(exe, "bench", "idle-worker") }})
+			if err != nil {
+				return nil, err // a figure from a failed hold is not one
+			}
+			return res, nil
 		}
 	case "reconnect":
 		clients := fs.Int("clients", 2000, "clients (an even number: they come in pairs)")

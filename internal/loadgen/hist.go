@@ -2,6 +2,7 @@
 package loadgen
 
 import (
+	"encoding/json"
 	"fmt"
 	"math"
 	"math/bits"
@@ -45,12 +46,7 @@ func (h *Histogram) Record(d time.Duration) {
 	us := d.Microseconds()
 	h.counts[bucketOf(us)].Add(1)
 	h.n.Add(1)
-	for {
-		m := h.max.Load()
-		if us <= m || h.max.CompareAndSwap(m, us) {
-			return
-		}
-	}
+	h.raiseMax(us)
 }
 
 // Count is the number of observations.
@@ -106,4 +102,59 @@ func (h *Histogram) Summary() Summary {
 func (s Summary) String() string {
 	return fmt.Sprintf("p50 %.2fms  p90 %.2fms  p99 %.2fms  p99.9 %.2fms  max %.2fms  (n=%d)",
 		s.P50, s.P90, s.P99, s.P999, s.Max, s.Count)
+}
+
+// histWire is a histogram on the wire between a worker process and its coordinator: the
+// buckets that are not empty, as (index, count) pairs.
+type histWire struct {
+	Buckets [][2]uint64 `json:"buckets"`
+	MaxUS   int64       `json:"max_us"`
+}
+
+// MarshalJSON encodes the histogram's counts, for a coordinator to Merge.
+func (h *Histogram) MarshalJSON() ([]byte, error) {
+	w := histWire{Buckets: [][2]uint64{}, MaxUS: h.max.Load()}
+	for i := range h.counts {
+		if n := h.counts[i].Load(); n > 0 {
+			w.Buckets = append(w.Buckets, [2]uint64{uint64(i), n})
+		}
+	}
+	return json.Marshal(w)
+}
+
+// UnmarshalJSON adds the counts that MarshalJSON encoded to h.
+func (h *Histogram) UnmarshalJSON(data []byte) error {
+	var w histWire
+	if err := json.Unmarshal(data, &w); err != nil {
+		return err
+	}
+	for _, b := range w.Buckets {
+		if b[0] >= uint64(len(h.counts)) {
+			return fmt.Errorf("histogram: bucket %d out of range", b[0])
+		}
+		h.counts[b[0]].Add(b[1])
+		h.n.Add(b[1])
+	}
+	h.raiseMax(w.MaxUS)
+	return nil
+}
+
+// Merge adds o's observations to h.
+func (h *Histogram) Merge(o *Histogram) {
+	for i := range o.counts {
+		if n := o.counts[i].Load(); n > 0 {
+			h.counts[i].Add(n)
+		}
+	}
+	h.n.Add(o.n.Load())
+	h.raiseMax(o.max.Load())
+}
+
+func (h *Histogram) raiseMax(us int64) {
+	for {
+		m := h.max.Load()
+		if us <= m || h.max.CompareAndSwap(m, us) {
+			return
+		}
+	}
 }

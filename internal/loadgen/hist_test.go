@@ -1,6 +1,7 @@
 package loadgen
 
 import (
+	"encoding/json"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -42,5 +43,35 @@ func TestBucketsMonotonic(t *testing.T) {
 			t.Fatalf("value of bucket %d = %d, far from %d", b, v, us)
 		}
 		prev = b
+	}
+}
+
+// TestHistogramWire: a histogram sent as JSON and merged with another gives the figures of
+// one histogram that recorded both.
+func TestHistogramWire(t *testing.T) {
+	var a, b, both Histogram
+	for i := range 5000 {
+		d := time.Duration(rand.ExpFloat64()*float64(3*time.Millisecond)) + time.Duration(i)
+		if i%3 == 0 {
+			a.Record(d)
+		} else {
+			b.Record(d)
+		}
+		both.Record(d)
+	}
+	data, err := json.Marshal(&a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got Histogram
+	if err := json.Unmarshal(data, &got); err != nil {
+		t.Fatal(err)
+	}
+	got.Merge(&b)
+	if got.Summary() != both.Summary() {
+		t.Fatalf("merged %v, want %v", got.Summary(), both.Summary())
+	}
+	if err := json.Unmarshal([]byte(`{"buckets":[[999999,1]]}`), &got); err == nil {
+		t.Fatal("a bucket out of range was accepted")
 	}
 }

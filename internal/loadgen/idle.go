@@ -61,7 +61,7 @@ type IdleResult struct {
 	ServerKBPerConn   float64 `json:"server_kib_per_conn"`
 	ClientRSSKB       int64   `json:"client_rss_kib"` // the workers', summed
 	ConnectS          float64 `json:"connect_s"`
-	Pings             int64   `json:"pings"` // heartbeats sent during the hold, over all connections
+	Pings             int64   `json:"pings"` // heartbeats sent, over all connections, from connecting to the end
 }
 
 func (r IdleResult) String() string {
@@ -84,7 +84,8 @@ type idleJob struct {
 }
 
 // idleReport is a line a worker writes on its standard output: one when its connections
-// are up (or it failed), one when its standard input closed.
+// are up (or it failed), one at the first connection the server closes, if any, and a
+// final one (Done) when its standard input has closed.
 type idleReport struct {
 	Error     string  `json:"error,omitempty"`
 	Connected int     `json:"connected,omitempty"`
@@ -130,6 +131,10 @@ func Idle(ctx context.Context, cfg IdleConfig) (IdleResult, error) {
 		j := &jobs[i%procs]
 		j.Tokens = append(j.Tokens, users[i%len(users)].Tokens().AccessToken)
 	}
+	// Cancelled on a failed start or when ctx ends (Ctrl-C): every worker still running is
+	// killed then, whatever it is waiting for.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	workers := make([]*idleWorker, procs)
 	defer func() {
 		for _, w := range workers {
@@ -143,7 +148,11 @@ func Idle(ctx context.Context, cfg IdleConfig) (IdleResult, error) {
 	var wg sync.WaitGroup
 	for i := range jobs {
 		jobs[i].URL, jobs[i].SourceIPs, jobs[i].Heartbeat = cfg.URL, cfg.SourceIPs, idleHeartbeat
-		wg.Go(func() { workers[i], errs[i] = startIdleWorker(cfg.Worker(), jobs[i]) })
+		wg.Go(func() {
+			if workers[i], errs[i] = startIdleWorker(ctx, cfg.Worker(), jobs[i]); errs[i] != nil {
+				cancel() // no point in the others dialing on
+			}
+		})
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
@@ -196,6 +205,7 @@ type idleWorker struct {
 	out      *bufio.Scanner
 	final    chan idleFinal // from watch
 	watching bool           // watch runs
+	unhook   func() bool    // stops the kill on the run's context
 }
 
 type idleFinal struct {
@@ -204,7 +214,8 @@ type idleFinal struct {
 }
 
 // startIdleWorker starts cmd, hands it its job and waits until it holds every connection.
-func startIdleWorker(cmd *exec.Cmd, job idleJob) (*idleWorker, error) {
+// The worker is killed if ctx ends before finish or kill.
+func startIdleWorker(ctx context.Context, cmd *exec.Cmd, job idleJob) (*idleWorker, error) {
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, err
@@ -220,13 +231,14 @@ func startIdleWorker(cmd *exec.Cmd, job idleJob) (*idleWorker, error) {
 		return nil, fmt.Errorf("idle: starting a worker: %w", err)
 	}
 	w := &idleWorker{cmd: cmd, in: in, out: bufio.NewScanner(out), final: make(chan idleFinal, 1)}
+	w.unhook = context.AfterFunc(ctx, func() { _ = cmd.Process.Kill() })
 	if err := json.NewEncoder(in).Encode(job); err != nil {
 		w.kill()
 		return nil, fmt.Errorf("idle: sending a worker its job: %w", err)
 	}
 	rep, err := w.report()
 	if err == nil && rep.Closed > 0 {
-		err = fmt.Errorf("idle: the server closed a connection while the others were being dialed (%s)", rep.Reason)
+		err = fmt.Errorf("idle: the server closed a connection before the worker had reported (%s)", rep.Reason)
 	}
 	if err == nil && rep.Connected != len(job.Tokens) {
 		err = fmt.Errorf("idle: a worker connected %d of %d", rep.Connected, len(job.Tokens))
@@ -258,16 +270,24 @@ func (w *idleWorker) report() (idleReport, error) {
 }
 
 // watch reads the worker's reports after the first until its final one, which it hands to
-// finish, and signals broke when the worker says a connection was closed.
+// finish. It signals broke when the worker says a connection was closed, and when the
+// worker ends or fails before it is asked to: either way the hold has failed.
 func (w *idleWorker) watch(broke chan<- struct{}) {
+	signal := func() {
+		select {
+		case broke <- struct{}{}:
+		default: // one signal is enough
+		}
+	}
 	for {
 		rep, err := w.report()
 		if err == nil && !rep.Done {
 			if rep.Closed > 0 {
-				broke <- struct{}{} // buffered: one per worker, and a worker says it once
+				signal()
 			}
 			continue
 		}
+		signal() // harmless after the hold: nobody reads broke then
 		w.final <- idleFinal{rep, err}
 		return
 	}
@@ -278,6 +298,7 @@ func (w *idleWorker) watch(broke chan<- struct{}) {
 func (w *idleWorker) finish() (idleReport, error) {
 	w.in.Close()
 	f := <-w.final
+	w.unhook()
 	if werr := w.cmd.Wait(); werr != nil && f.err == nil {
 		f.err = fmt.Errorf("idle: worker pid %d: %w", w.cmd.Process.Pid, werr)
 	}
@@ -287,6 +308,7 @@ func (w *idleWorker) finish() (idleReport, error) {
 // kill ends a worker that is not to finish, and waits for it (and for watch, if it runs,
 // since its reads must end before Wait closes the pipe).
 func (w *idleWorker) kill() {
+	w.unhook()
 	w.in.Close()
 	_ = w.cmd.Process.Kill()
 	if w.watching {
@@ -318,35 +340,18 @@ func IdleWorker(ctx context.Context, in io.Reader, out io.Writer) error {
 	if err := dec.Decode(&job); err != nil {
 		return fail(fmt.Errorf("reading the job: %w", err))
 	}
+	if len(job.Tokens) == 0 {
+		return fail(errors.New("no connections to hold"))
+	}
 	if job.Heartbeat <= 0 {
 		job.Heartbeat = idleHeartbeat
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	d := newDialer(job.URL, job.SourceIPs)
-	conns := make([]*lconn, len(job.Tokens))
-	defer func() {
-		for _, c := range conns {
-			if c != nil {
-				c.close()
-			}
-		}
-	}()
-	start := time.Now()
-	if err := parallel(ctx, len(conns), 64, func(i int) error {
-		c, err := d.dial(ctx, job.Tokens[i])
-		if err != nil {
-			return fmt.Errorf("connection %d: %w", i, err)
-		}
-		conns[i] = c
-		return nil
-	}); err != nil {
-		return fail(err)
-	}
-
 	var (
-		stopping atomic.Bool
+		conns    = make([]*lconn, len(job.Tokens))
+		stopping atomic.Bool // set before we close the connections ourselves
 		closed   atomic.Int64
 		pings    atomic.Int64
 		mu       sync.Mutex
@@ -354,22 +359,45 @@ func IdleWorker(ctx context.Context, in io.Reader, out io.Writer) error {
 		first    sync.Once
 		readers  sync.WaitGroup
 	)
-	for _, c := range conns {
-		readers.Go(func() {
-			for {
-				if _, err := c.next(); err != nil {
-					if !stopping.Load() {
-						closed.Add(1)
-						mu.Lock()
-						reason = err.Error()
-						mu.Unlock()
-						// Say so at once: the coordinator stops the hold.
-						first.Do(func() { _ = say(idleReport{Closed: 1, Reason: err.Error()}) })
-					}
-					return
-				}
+	closeAll := func() {
+		stopping.Store(true)
+		for _, c := range conns {
+			if c != nil {
+				c.close()
 			}
-		})
+		}
+		readers.Wait()
+	}
+	defer closeAll()
+	// A connection's reader starts as soon as it is dialed, so that the server's pings are
+	// answered however long the others take.
+	read := func(c *lconn) {
+		for {
+			if _, err := c.next(); err != nil {
+				if !stopping.Load() {
+					closed.Add(1)
+					mu.Lock()
+					reason = err.Error()
+					mu.Unlock()
+					// Say so at once: the coordinator stops the hold.
+					first.Do(func() { _ = say(idleReport{Closed: 1, Reason: err.Error()}) })
+				}
+				return
+			}
+		}
+	}
+	d := newDialer(job.URL, job.SourceIPs)
+	start := time.Now()
+	if err := parallel(ctx, len(conns), 64, func(i int) error {
+		c, err := d.dial(ctx, job.Tokens[i])
+		if err != nil {
+			return fmt.Errorf("connection %d: %w", i, err)
+		}
+		conns[i] = c
+		readers.Go(func() { read(c) })
+		return nil
+	}); err != nil {
+		return fail(err)
 	}
 	if err := say(idleReport{Connected: len(conns), ConnectS: time.Since(start).Seconds()}); err != nil {
 		return err
@@ -382,11 +410,7 @@ func IdleWorker(ctx context.Context, in io.Reader, out io.Writer) error {
 	rep := idleReport{Done: true, RSSKiB: rssKiB(os.Getpid())}
 	cancel()
 	beats.Wait()
-	stopping.Store(true)
-	for _, c := range conns {
-		c.close()
-	}
-	readers.Wait()
+	closeAll()
 	rep.Closed, rep.Pings, rep.Reason = int(closed.Load()), pings.Load(), reason
 	return say(rep)
 }
@@ -395,21 +419,22 @@ func IdleWorker(ctx context.Context, in io.Reader, out io.Writer) error {
 // ends. A failed write is left to the connection's reader to report.
 func heartbeat(ctx context.Context, conns []*lconn, interval time.Duration, sent *atomic.Int64) {
 	ping := []byte(`{"type":"ping"}`)
-	// Wake at most every 10 ms, pinging the connections due since the last wake.
-	step := max(interval/time.Duration(len(conns)), 10*time.Millisecond)
-	per := max(1, int((int64(len(conns))*int64(step)+int64(interval)-1)/int64(interval)))
-	t := time.NewTicker(step)
+	n := int64(len(conns))
+	// Wake at most every 10 ms and ping the connections due by then: ping number k is due
+	// k*interval/n after the start.
+	t := time.NewTicker(max(interval/time.Duration(n), 10*time.Millisecond))
 	defer t.Stop()
-	for i := 0; ; {
+	start := time.Now()
+	for k := int64(0); ; {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		for range per {
-			c := conns[i%len(conns)]
-			i++
-			if c.writeWithin(ping, time.Second) == nil {
+		el := int64(time.Since(start))
+		due := el/int64(interval)*n + el%int64(interval)*n/int64(interval) // whole rounds, then the part
+		for ; k < due; k++ {
+			if conns[k%n].writeWithin(ping, time.Second) == nil {
 				sent.Add(1)
 			}
 		}

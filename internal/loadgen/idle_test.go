@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"runtime"
 	"testing"
 	"time"
 
@@ -93,16 +94,22 @@ func TestIdleWorker(t *testing.T) {
 	if rep := w.next(t); rep.Error != "" || rep.Connected != conns {
 		t.Fatalf("first report %+v, want %d connected", rep, conns)
 	}
+	start := time.Now() // the worker's heartbeat starts before this
 	time.Sleep(10 * beat)
 	w.in.Close()
 	rep := w.next(t)
-	if !rep.Done || rep.Closed != 0 || rep.RSSKiB <= 0 {
+	held := time.Since(start) // the worker stopped its heartbeat before this
+	if !rep.Done || rep.Closed != 0 {
 		t.Fatalf("final report %+v", rep)
 	}
-	// About 10 rounds: a slow machine fires fewer ticks, and a few more can pass before the
-	// worker sees its input end; pinging every connection on every tick would be 50.
-	if rep.Pings < 3*conns || rep.Pings > 15*conns {
-		t.Fatalf("%d heartbeats over %d connections in 10 intervals", rep.Pings, conns)
+	if runtime.GOOS == "linux" && rep.RSSKiB <= 0 {
+		t.Fatalf("no RSS in the final report %+v", rep)
+	}
+	// One ping per connection per interval: at most one more round than the time held (the
+	// heartbeat started a little before the clock here), and at least a few, however
+	// slowly a loaded machine runs the ticker.
+	if most := int64(conns) * (int64(held/beat) + 1); rep.Pings < 2*conns || rep.Pings > most {
+		t.Fatalf("%d heartbeats over %d connections in %v (%v each), want %d to %d", rep.Pings, conns, held, beat, 2*conns, most)
 	}
 	if err := <-w.done; err != nil {
 		t.Fatal(err)
@@ -122,10 +129,10 @@ func TestIdleWorkerReportsClose(t *testing.T) {
 	if rep := w.next(t); rep.Closed != 1 || rep.Done || rep.Reason == "" {
 		t.Fatalf("report after the server stopped: %+v, want one close and its reason", rep)
 	}
-	// The server has closed every socket; give the other readers time to see it.
-	time.Sleep(500 * time.Millisecond)
+	// The others may or may not have seen their close before the worker closes them itself
+	// (then they are not counted): at least the first was.
 	w.in.Close()
-	if rep := w.next(t); !rep.Done || rep.Closed != conns {
-		t.Fatalf("final report %+v, want %d closed", rep, conns)
+	if rep := w.next(t); !rep.Done || rep.Closed < 1 || rep.Closed > conns {
+		t.Fatalf("final report %+v, want 1 to %d closed", rep, conns)
 	}
 }

@@ -62,11 +62,14 @@ func (d *dialer) dial(ctx context.Context, token string) (*lconn, error) {
 		br = bufio.NewReaderSize(nc, 4096)
 	}
 	c := &lconn{nc: nc, br: br}
-	// The ready frame.
+	// The ready frame, within the dial's timeout: a server that upgrades and then says
+	// nothing must not hang the run.
+	_ = nc.SetReadDeadline(time.Now().Add(wd.Timeout))
 	if _, err := c.next(); err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("waiting for ready: %w", err)
 	}
+	_ = nc.SetReadDeadline(time.Time{})
 	return c, nil
 }
 
