@@ -116,7 +116,7 @@ func bench(ctx context.Context, args []string) error {
 		conns := fs.Int("conns", 5000, "connections to hold")
 		users := fs.Int("users", 0, "accounts the connections are spread over (default: one each)")
 		hold := fs.Duration("hold", 10*time.Second, "how long to hold them, heartbeating")
-		procs := fs.Int("procs", 0, fmt.Sprintf("worker processes holding the connections (default: one per %d)", loadgen.IdleConnsPerProc))
+		procs := fs.Int("procs", 0, fmt.Sprintf("worker processes holding the connections (default: one per %d)", loadgen.ConnsPerProc))
 		settle := fs.Duration("settle", 7*time.Second, "wait after account setup before the first RSS reading")
 		run = func(url string, pid int) (fmt.Stringer, error) {
 			if *users == 0 {

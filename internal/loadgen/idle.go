@@ -16,11 +16,6 @@ import (
 	"time"
 )
 
-// IdleConnsPerProc is how many connections one idle worker process holds at most when
-// IdleConfig.Procs is zero: half of the 20,000 open files a process may have here, which
-// leaves room for the process's own files and keeps a failed dial from being an EMFILE.
-const IdleConnsPerProc = 10000
-
 // idleHeartbeat is how often a worker pings each connection: half the server's default
 // heartbeat, as a client does.
 const idleHeartbeat = 5 * time.Second
@@ -43,7 +38,7 @@ type IdleConfig struct {
 	// one address's ephemeral ports can be held. Empty: the system's choice.
 	SourceIPs []string
 	// Procs is how many worker processes share the connections; 0 means one per
-	// IdleConnsPerProc. Each process may hold at most 20,000 open files here, and the
+	// ConnsPerProc. Each process may hold at most 20,000 open files here, and the
 	// workers' memory is measured apart from the coordinator's.
 	Procs int
 	// Worker returns a command that runs IdleWorker on its standard input and output
@@ -87,7 +82,6 @@ type idleJob struct {
 // are up (or it failed), one at the first connection the server closes, if any, and a
 // final one (Done) when its standard input has closed.
 type idleReport struct {
-	Error     string  `json:"error,omitempty"`
 	Connected int     `json:"connected,omitempty"`
 	ConnectS  float64 `json:"connect_s,omitempty"`
 	Done      bool    `json:"done,omitempty"`
@@ -108,11 +102,7 @@ func Idle(ctx context.Context, cfg IdleConfig) (IdleResult, error) {
 	if cfg.Worker == nil {
 		return IdleResult{}, errors.New("idle: no worker command")
 	}
-	procs := cfg.Procs
-	if procs <= 0 {
-		procs = (cfg.Conns + IdleConnsPerProc - 1) / IdleConnsPerProc
-	}
-	procs = min(procs, cfg.Conns)
+	procs := procsFor(cfg.Procs, cfg.Conns)
 	if cfg.Prefix == "" {
 		cfg.Prefix = "i" + strconv.FormatInt(time.Now().UnixNano()%1e8, 36)
 	}
@@ -198,14 +188,11 @@ func Idle(ctx context.Context, cfg IdleConfig) (IdleResult, error) {
 	return res, nil
 }
 
-// idleWorker is one running worker process, seen from the coordinator.
+// idleWorker is one running idle worker, seen from the coordinator.
 type idleWorker struct {
-	cmd      *exec.Cmd
-	in       io.WriteCloser
-	out      *bufio.Scanner
+	*proc
 	final    chan idleFinal // from watch
 	watching bool           // watch runs
-	unhook   func() bool    // stops the kill on the run's context
 }
 
 type idleFinal struct {
@@ -216,27 +203,13 @@ type idleFinal struct {
 // startIdleWorker starts cmd, hands it its job and waits until it holds every connection.
 // The worker is killed if ctx ends before finish or kill.
 func startIdleWorker(ctx context.Context, cmd *exec.Cmd, job idleJob) (*idleWorker, error) {
-	in, err := cmd.StdinPipe()
+	p, err := startProc(ctx, "idle", cmd, job)
 	if err != nil {
 		return nil, err
 	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if cmd.Stderr == nil {
-		cmd.Stderr = os.Stderr
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("idle: starting a worker: %w", err)
-	}
-	w := &idleWorker{cmd: cmd, in: in, out: bufio.NewScanner(out), final: make(chan idleFinal, 1)}
-	w.unhook = context.AfterFunc(ctx, func() { _ = cmd.Process.Kill() })
-	if err := json.NewEncoder(in).Encode(job); err != nil {
-		w.kill()
-		return nil, fmt.Errorf("idle: sending a worker its job: %w", err)
-	}
-	rep, err := w.report()
+	w := &idleWorker{proc: p, final: make(chan idleFinal, 1)}
+	var rep idleReport
+	err = w.read(&rep)
 	if err == nil && rep.Closed > 0 {
 		err = fmt.Errorf("idle: the server closed a connection before the worker had reported (%s)", rep.Reason)
 	}
@@ -250,25 +223,6 @@ func startIdleWorker(ctx context.Context, cmd *exec.Cmd, job idleJob) (*idleWork
 	return w, nil
 }
 
-// report reads the worker's next line.
-func (w *idleWorker) report() (idleReport, error) {
-	if !w.out.Scan() {
-		err := w.out.Err()
-		if err == nil {
-			err = io.ErrUnexpectedEOF
-		}
-		return idleReport{}, fmt.Errorf("idle: worker pid %d: %w", w.cmd.Process.Pid, err)
-	}
-	var rep idleReport
-	if err := json.Unmarshal(w.out.Bytes(), &rep); err != nil {
-		return rep, fmt.Errorf("idle: worker pid %d wrote %q: %w", w.cmd.Process.Pid, w.out.Bytes(), err)
-	}
-	if rep.Error != "" {
-		return rep, fmt.Errorf("idle: worker pid %d: %s", w.cmd.Process.Pid, rep.Error)
-	}
-	return rep, nil
-}
-
 // watch reads the worker's reports after the first until its final one, which it hands to
 // finish. It signals broke when the worker says a connection was closed, and when the
 // worker ends or fails before it is asked to: either way the hold has failed.
@@ -280,7 +234,8 @@ func (w *idleWorker) watch(broke chan<- struct{}) {
 		}
 	}
 	for {
-		rep, err := w.report()
+		var rep idleReport
+		err := w.read(&rep)
 		if err == nil && !rep.Done {
 			if rep.Closed > 0 {
 				signal()
@@ -298,23 +253,21 @@ func (w *idleWorker) watch(broke chan<- struct{}) {
 func (w *idleWorker) finish() (idleReport, error) {
 	w.in.Close()
 	f := <-w.final
-	w.unhook()
-	if werr := w.cmd.Wait(); werr != nil && f.err == nil {
-		f.err = fmt.Errorf("idle: worker pid %d: %w", w.cmd.Process.Pid, werr)
+	if err := w.wait(); err != nil && f.err == nil {
+		f.err = err
 	}
 	return f.rep, f.err
 }
 
 // kill ends a worker that is not to finish, and waits for it (and for watch, if it runs,
-// since its reads must end before Wait closes the pipe).
+// since its reads must end before the pipe is closed).
 func (w *idleWorker) kill() {
-	w.unhook()
-	w.in.Close()
-	_ = w.cmd.Process.Kill()
 	if w.watching {
+		w.unhook()
+		_ = w.cmd.Process.Kill()
 		<-w.final
 	}
-	_ = w.cmd.Wait()
+	w.proc.kill()
 }
 
 // IdleWorker is one idle worker process (`parley bench idle-worker`): it reads its job
@@ -324,17 +277,8 @@ func (w *idleWorker) kill() {
 // them. One goroutine per connection reads; one goroutine heartbeats them all, spread over
 // the interval as real clients' heartbeats are.
 func IdleWorker(ctx context.Context, in io.Reader, out io.Writer) error {
-	var encMu sync.Mutex // reports come from the readers too
-	enc := json.NewEncoder(out)
-	say := func(rep idleReport) error {
-		encMu.Lock()
-		defer encMu.Unlock()
-		return enc.Encode(rep)
-	}
-	fail := func(err error) error {
-		_ = say(idleReport{Error: err.Error()})
-		return err
-	}
+	r := newReporter(out) // reports come from the readers too
+	say, fail := func(rep idleReport) error { return r.say(rep) }, r.fail
 	var job idleJob
 	dec := json.NewDecoder(in)
 	if err := dec.Decode(&job); err != nil {

@@ -1,0 +1,137 @@
+package loadgen
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"sync"
+)
+
+// ConnsPerProc is how many connections one worker process holds at most when a scenario's
+// Procs is zero: half of the 20,000 open files a process may have here, which leaves room
+// for the process's own files and HTTP connections.
+const ConnsPerProc = 10000
+
+// procsFor is how many worker processes hold conns connections: procs if positive, else one
+// per ConnsPerProc.
+func procsFor(procs, conns int) int {
+	if procs <= 0 {
+		procs = (conns + ConnsPerProc - 1) / ConnsPerProc
+	}
+	return max(1, min(procs, conns))
+}
+
+// proc is a scenario's worker process, seen from the coordinator. It is sent its job as
+// JSON values on its standard input and reports JSON lines on its standard output; a line
+// with an "error" field is its failure. The end of its input tells it to finish.
+type proc struct {
+	name   string // the scenario, for errors
+	cmd    *exec.Cmd
+	in     io.WriteCloser
+	enc    *json.Encoder
+	out    *bufio.Scanner
+	unhook func() bool // stops the kill on the run's context
+}
+
+// startProc starts cmd and sends it job. The process is killed if ctx ends before wait or
+// kill.
+func startProc(ctx context.Context, name string, cmd *exec.Cmd, job any) (*proc, error) {
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if cmd.Stderr == nil {
+		cmd.Stderr = os.Stderr
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("%s: starting a worker: %w", name, err)
+	}
+	p := &proc{name: name, cmd: cmd, in: in, enc: json.NewEncoder(in), out: bufio.NewScanner(out)}
+	p.out.Buffer(make([]byte, 64<<10), 64<<20) // final reports carry histograms
+	p.unhook = context.AfterFunc(ctx, func() { _ = cmd.Process.Kill() })
+	if err := p.send(job); err != nil {
+		p.kill()
+		return nil, fmt.Errorf("%s: sending a worker its job: %w", name, err)
+	}
+	return p, nil
+}
+
+func (p *proc) send(v any) error { return p.enc.Encode(v) }
+
+// read decodes the worker's next line into v.
+func (p *proc) read(v any) error {
+	if !p.out.Scan() {
+		err := p.out.Err()
+		if err == nil {
+			err = io.ErrUnexpectedEOF
+		}
+		return p.errorf("%w", err)
+	}
+	line := p.out.Bytes()
+	var failed struct {
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal(line, &failed); err != nil {
+		return p.errorf("wrote %q: %w", line, err)
+	}
+	if failed.Error != "" {
+		return p.errorf("%s", failed.Error)
+	}
+	if err := json.Unmarshal(line, v); err != nil {
+		return p.errorf("wrote %q: %w", line, err)
+	}
+	return nil
+}
+
+// wait closes the worker's input and waits for it to exit. No read may be in progress.
+func (p *proc) wait() error {
+	p.in.Close()
+	err := p.cmd.Wait()
+	p.unhook()
+	if err != nil {
+		return p.errorf("%w", err)
+	}
+	return nil
+}
+
+// kill ends the worker and waits for it. No read may be in progress.
+func (p *proc) kill() {
+	p.unhook()
+	p.in.Close()
+	_ = p.cmd.Process.Kill()
+	_ = p.cmd.Wait()
+}
+
+func (p *proc) errorf(format string, args ...any) error {
+	return fmt.Errorf("%s: worker pid %d: %w", p.name, p.cmd.Process.Pid, fmt.Errorf(format, args...))
+}
+
+// reporter writes a worker's report lines; it is safe for concurrent use.
+type reporter struct {
+	mu  sync.Mutex
+	enc *json.Encoder
+}
+
+func newReporter(w io.Writer) *reporter { return &reporter{enc: json.NewEncoder(w)} }
+
+func (r *reporter) say(v any) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.enc.Encode(v)
+}
+
+// fail reports err as the worker's failure and returns it.
+func (r *reporter) fail(err error) error {
+	_ = r.say(struct {
+		Error string `json:"error"`
+	}{err.Error()})
+	return err
+}
