@@ -23,7 +23,8 @@ scenarios:
   idle       C authenticated, heartbeating connections held open; server RSS per connection
   reconnect  C clients drop at once and reconnect; time until all have caught up
 
-(idle-worker is the process that idle starts to hold its connections; not run by hand.)
+(idle-worker and reconnect-worker are the processes that idle and reconnect start to hold
+their connections; not run by hand.)
 
 Without --url, bench starts its own server (embedded defaults, in a temp dir) as a child
 process, so that server and load generator are measured as separate processes. Every
@@ -80,8 +81,11 @@ func bench(ctx context.Context, args []string) error {
 		return flag.ErrHelp
 	}
 	scenario := args[0]
-	if scenario == "idle-worker" {
+	switch scenario {
+	case "idle-worker":
 		return loadgen.IdleWorker(ctx, os.Stdin, os.Stdout)
+	case "reconnect-worker":
+		return loadgen.ReconnectWorker(ctx, os.Stdin, os.Stdout)
 	}
 	fs := flag.NewFlagSet("bench "+scenario, flag.ContinueOnError)
 	bf := addBenchFlags(fs)
@@ -137,8 +141,15 @@ func bench(ctx context.Context, args []string) error {
 	case "reconnect":
 		clients := fs.Int("clients", 2000, "clients (an even number: they come in pairs)")
 		messages := fs.Int("messages", 1, "messages each client sends its partner before the drop")
+		procs := fs.Int("procs", 0, fmt.Sprintf("worker processes holding the clients (default: one per %d)", loadgen.ClientsPerProc))
 		run = func(url string, pid int) (fmt.Stringer, error) {
-			res, err := loadgen.Reconnect(ctx, loadgen.ReconnectConfig{URL: url, Clients: *clients, Messages: *messages, SourceIPs: bf.sourceIPs(), ServerPID: pid})
+			exe, err := os.Executable()
+			if err != nil {
+				return nil, err
+			}
+			res, err := loadgen.Reconnect(ctx, loadgen.ReconnectConfig{URL: url, Clients: *clients, Messages: *messages,
+				SourceIPs: bf.sourceIPs(), ServerPID: pid, Procs: *procs,
+				Worker: func() *exec.Cmd { return exec.Command(exe, "bench", "reconnect-worker") }})
 			return res, checked(err, res.Missing, 0)
 		}
 	default:

@@ -60,13 +60,9 @@ type IdleResult struct {
 }
 
 func (r IdleResult) String() string {
-	procs := "processes"
-	if r.Procs == 1 {
-		procs = "process"
-	}
 	return fmt.Sprintf(`idle: %d connections held by %d %s (connected in %.1fs, %d heartbeats sent)
   server RSS %d KiB → %d KiB: %.2f KiB per connection
-  client RSS %d KiB`, r.Conns, r.Procs, procs, r.ConnectS, r.Pings, r.ServerRSSBeforeKB, r.ServerRSSAfterKB,
+  client RSS %d KiB`, r.Conns, r.Procs, plural(r.Procs, "process", "processes"), r.ConnectS, r.Pings, r.ServerRSSBeforeKB, r.ServerRSSAfterKB,
 		r.ServerKBPerConn, r.ClientRSSKB)
 }
 
@@ -102,7 +98,7 @@ func Idle(ctx context.Context, cfg IdleConfig) (IdleResult, error) {
 	if cfg.Worker == nil {
 		return IdleResult{}, errors.New("idle: no worker command")
 	}
-	procs := procsFor(cfg.Procs, cfg.Conns)
+	procs := procsFor(cfg.Procs, cfg.Conns, ConnsPerProc)
 	if cfg.Prefix == "" {
 		cfg.Prefix = "i" + strconv.FormatInt(time.Now().UnixNano()%1e8, 36)
 	}

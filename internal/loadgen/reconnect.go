@@ -2,9 +2,12 @@ package loadgen
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"os/exec"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -16,10 +19,19 @@ import (
 	"github.com/parley-chat/parley/protocol"
 )
 
+// reconnectDials is how many dials the reconnect scenario keeps in flight over all its
+// workers: beyond the server's listen backlog they only queue. reconnectHTTP is how many
+// HTTP connections its catch-up requests use, over all its workers.
+const (
+	reconnectDials = 1024
+	reconnectHTTP  = 256
+)
+
 // ReconnectConfig is the "reconnect" scenario: Clients connected clients in pairs (a
 // direct conversation each) send Messages each to their partner; then every client drops
 // at once, and all reconnect at once and catch up as a real client does: connect, then
-// GET /sync and messages?after= for each conversation that moved.
+// GET /sync and messages?after= for each conversation that moved. Worker processes hold the
+// clients, a pair in one worker, so that each checks its own.
 type ReconnectConfig struct {
 	URL       string
 	Clients   int
@@ -27,12 +39,18 @@ type ReconnectConfig struct {
 	Prefix    string
 	SourceIPs []string
 	ServerPID int // to report the server's CPU use from the drop to the last catch-up; 0 = not
+	// Procs is how many worker processes share the clients; 0 means one per ClientsPerProc.
+	Procs int
+	// Worker returns a command that runs ReconnectWorker on its standard input and output
+	// (`parley bench reconnect-worker`).
+	Worker func() *exec.Cmd
 }
 
 // ReconnectResult is what a reconnect run measured.
 type ReconnectResult struct {
 	Scenario   string  `json:"scenario"`
 	Clients    int     `json:"clients"`
+	Procs      int     `json:"procs"`
 	Messages   int     `json:"messages_each"`
 	ReconnectS float64 `json:"all_reconnected_s"`
 	CaughtUpS  float64 `json:"all_caught_up_s"`
@@ -47,18 +65,61 @@ type ReconnectResult struct {
 }
 
 func (r ReconnectResult) String() string {
-	return fmt.Sprintf(`reconnect: %d clients dropped at once, %d messages each sent before the drop
+	return fmt.Sprintf(`reconnect: %d clients in %d %s dropped at once, %d messages each sent before the drop
   all reconnected in %.2fs, all caught up in %.2fs (%d HTTP requests)
   per client reconnect %s
   per client caught up %s
   missing %d  connect errors %d`,
-		r.Clients, r.Messages, r.ReconnectS, r.CaughtUpS, r.Requests, r.Reconnect, r.CatchUp, r.Missing, r.ConnectErrs) + r.Host.String()
+		r.Clients, r.Procs, plural(r.Procs, "process", "processes"), r.Messages, r.ReconnectS, r.CaughtUpS, r.Requests,
+		r.Reconnect, r.CatchUp, r.Missing, r.ConnectErrs) + r.Host.String()
 }
 
-// Reconnect runs the reconnect scenario.
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}
+
+// reconnectJob is a reconnect worker's share: Clients in pairs, 2k and 2k+1 sharing the
+// conversation Convs[k].
+type reconnectJob struct {
+	URL       string            `json:"url"`
+	SourceIPs []string          `json:"source_ips,omitempty"`
+	Messages  int               `json:"messages"`
+	Dials     int               `json:"dials"`      // in flight at once
+	HTTPConns int               `json:"http_conns"` // for the catch-up
+	Clients   []protocol.Tokens `json:"clients"`
+	Convs     []string          `json:"convs"`
+}
+
+// reconnectGo is the coordinator's word to drop, sent to every worker at once.
+type reconnectGo struct {
+	Drop bool `json:"drop"`
+}
+
+// reconnectReport is a reconnect worker's line: Ready once its clients are connected and
+// have sent, then the figures once they have all caught up after the drop. Times count from
+// when the worker read the word to drop.
+type reconnectReport struct {
+	Ready           bool       `json:"ready,omitempty"`
+	Done            bool       `json:"done,omitempty"`
+	Reconnect       *Histogram `json:"reconnect,omitempty"`
+	CatchUp         *Histogram `json:"caught_up,omitempty"`
+	LastConnectedNS int64      `json:"last_connected_ns,omitempty"`
+	Missing         int        `json:"missing,omitempty"`
+	Requests        int64      `json:"requests,omitempty"`
+	ConnectErrs     int64      `json:"connect_errors,omitempty"`
+}
+
+// Reconnect runs the reconnect scenario: it creates the accounts and conversations, has
+// the workers connect and send, tells them all to drop at once, and merges their figures.
 func Reconnect(ctx context.Context, cfg ReconnectConfig) (ReconnectResult, error) {
 	if cfg.Clients < 2 || cfg.Clients%2 != 0 || cfg.Messages <= 0 {
 		return ReconnectResult{}, errors.New("reconnect: clients must be even and at least 2, messages positive")
+	}
+	if cfg.Worker == nil {
+		return ReconnectResult{}, errors.New("reconnect: no worker command")
 	}
 	if cfg.Prefix == "" {
 		cfg.Prefix = "r" + strconv.FormatInt(time.Now().UnixNano()%1e8, 36)
@@ -67,24 +128,137 @@ func Reconnect(ctx context.Context, cfg ReconnectConfig) (ReconnectResult, error
 	if err != nil {
 		return ReconnectResult{}, err
 	}
-	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256, MaxConnsPerHost: 256}, Timeout: 60 * time.Second}
-	var requests atomic.Int64
-	// Clients that share the pooled transport, for the catch-up requests.
-	apis := make([]*client.Client, len(users))
-	for i, u := range users {
-		apis[i] = client.New(cfg.URL, client.WithHTTPClient(hc))
-		apis[i].SetTokens(u.Tokens())
-	}
-	convs := make([]string, cfg.Clients/2)
-	for i := range convs {
-		c, _, err := apis[2*i].CreateDirect(ctx, users[2*i+1].Tokens().UserID)
+	pairs := cfg.Clients / 2
+	convs := make([]string, pairs)
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64, MaxConnsPerHost: 64}, Timeout: 60 * time.Second}
+	defer hc.CloseIdleConnections()
+	if err := parallel(ctx, pairs, 64, func(k int) error {
+		cl := client.New(cfg.URL, client.WithHTTPClient(hc))
+		cl.SetTokens(users[2*k].Tokens())
+		c, _, err := cl.CreateDirect(ctx, users[2*k+1].Tokens().UserID)
 		if err != nil {
-			return ReconnectResult{}, fmt.Errorf("create conversation: %w", err)
+			return fmt.Errorf("create conversation: %w", err)
 		}
-		convs[i] = c.ID
+		convs[k] = c.ID
+		return nil
+	}); err != nil {
+		return ReconnectResult{}, err
 	}
-	d := newDialer(cfg.URL, cfg.SourceIPs)
-	conns := make([]*lconn, cfg.Clients)
+	hc.CloseIdleConnections()
+
+	procs := min(procsFor(cfg.Procs, cfg.Clients, ClientsPerProc), pairs) // a pair stays in one worker
+	res := ReconnectResult{Scenario: "reconnect", Clients: cfg.Clients, Procs: procs, Messages: cfg.Messages}
+	jobs := make([]reconnectJob, procs)
+	for k := range pairs {
+		j := &jobs[k*procs/pairs] // contiguous shares
+		j.Clients = append(j.Clients, users[2*k].Tokens(), users[2*k+1].Tokens())
+		j.Convs = append(j.Convs, convs[k])
+	}
+	ctx, cancel := context.WithCancel(ctx) // ends every worker on a failure or Ctrl-C
+	defer cancel()
+	workers := make([]*proc, procs)
+	defer func() {
+		for _, w := range workers {
+			if w != nil {
+				w.kill()
+			}
+		}
+	}()
+	errs := make([]error, procs)
+	var wg sync.WaitGroup
+	for i := range jobs {
+		j := &jobs[i]
+		j.URL, j.SourceIPs, j.Messages, j.Dials = cfg.URL, cfg.SourceIPs, cfg.Messages, max(1, reconnectDials/procs)
+		j.HTTPConns = max(1, reconnectHTTP/procs)
+		wg.Go(func() {
+			w, err := startProc(ctx, "reconnect", cfg.Worker(), j)
+			if err == nil {
+				var rep reconnectReport
+				if err = w.read(&rep); err == nil && !rep.Ready {
+					err = w.errorf("not ready")
+				}
+				if err != nil {
+					w.kill()
+				}
+			}
+			if err != nil {
+				errs[i] = err
+				cancel()
+				return
+			}
+			workers[i] = w
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return res, err
+	}
+
+	// The drop, in every worker at once.
+	hostFrom := readHost(cfg.ServerPID)
+	for _, w := range workers {
+		if err := w.send(reconnectGo{Drop: true}); err != nil {
+			return res, w.errorf("sending the drop: %w", err)
+		}
+	}
+	var recH, catchH Histogram
+	var last time.Duration
+	reports := make([]reconnectReport, procs)
+	for i, w := range workers {
+		wg.Go(func() { errs[i] = w.read(&reports[i]) })
+	}
+	wg.Wait()
+	res.Host = hostBetween(hostFrom, readHost(cfg.ServerPID))
+	if err := errors.Join(errs...); err != nil {
+		return res, err
+	}
+	for i, w := range workers {
+		workers[i] = nil
+		if err := w.wait(); err != nil {
+			return res, err
+		}
+		r := reports[i]
+		if !r.Done || r.Reconnect == nil || r.CatchUp == nil {
+			return res, w.errorf("no figures in its report")
+		}
+		recH.Merge(r.Reconnect)
+		catchH.Merge(r.CatchUp)
+		last = max(last, time.Duration(r.LastConnectedNS))
+		res.Missing += r.Missing
+		res.Requests += r.Requests
+		res.ConnectErrs += r.ConnectErrs
+	}
+	res.ReconnectS, res.CaughtUpS = last.Seconds(), catchH.Max().Seconds()
+	res.Reconnect, res.CatchUp = recH.Summary(), catchH.Summary()
+	return res, nil
+}
+
+// ReconnectWorker is one reconnect worker process (`parley bench reconnect-worker`): it
+// reads its job from in, connects its clients, has each send its messages and take a sync
+// token, and reports ready on out; at the word to drop it closes every connection, then
+// reconnects them all at once, has each catch up over HTTP and checks that it holds every
+// message its partner had acked, and reports the figures.
+func ReconnectWorker(ctx context.Context, in io.Reader, out io.Writer) error {
+	r := newReporter(out)
+	dec := json.NewDecoder(in)
+	var job reconnectJob
+	if err := dec.Decode(&job); err != nil {
+		return r.fail(fmt.Errorf("reading the job: %w", err))
+	}
+	n := len(job.Clients)
+	if n == 0 || n%2 != 0 || len(job.Convs) != n/2 || job.Messages <= 0 {
+		return r.fail(fmt.Errorf("a job of %d clients, %d conversations, %d messages", n, len(job.Convs), job.Messages))
+	}
+	pool := max(1, job.HTTPConns)
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: pool, MaxConnsPerHost: pool}, Timeout: 60 * time.Second}
+	// Clients that share the pooled transport, for the catch-up requests.
+	apis := make([]*client.Client, n)
+	for i, t := range job.Clients {
+		apis[i] = client.New(job.URL, client.WithHTTPClient(hc))
+		apis[i].SetTokens(t)
+	}
+	d := newDialer(job.URL, job.SourceIPs)
+	conns := make([]*lconn, n)
 	defer func() {
 		for _, c := range conns {
 			if c != nil {
@@ -92,28 +266,28 @@ func Reconnect(ctx context.Context, cfg ReconnectConfig) (ReconnectResult, error
 			}
 		}
 	}()
-	if err := parallel(ctx, cfg.Clients, 256, func(i int) error {
-		c, err := d.dial(ctx, users[i].Tokens().AccessToken)
+	if err := parallel(ctx, n, 256, func(i int) error {
+		c, err := d.dial(ctx, job.Clients[i].AccessToken)
 		conns[i] = c
 		return err
 	}); err != nil {
-		return ReconnectResult{}, fmt.Errorf("connect: %w", err)
+		return r.fail(fmt.Errorf("connect: %w", err))
 	}
 
 	// Before the drop: each client sends its messages and records the acked seqs, then a
 	// sync token is taken as a client would have from its last sync.
-	acked := make([][]int64, cfg.Clients) // seqs client i sent
-	since := make([]string, cfg.Clients)
-	if err := parallel(ctx, cfg.Clients, 256, func(i int) error {
+	acked := make([][]int64, n) // seqs client i sent
+	since := make([]string, n)
+	if err := parallel(ctx, n, 256, func(i int) error {
 		sb, err := apis[i].Sync(ctx, "")
 		if err != nil {
 			return err
 		}
 		since[i] = sb.NextSince
 		c := conns[i]
-		for range cfg.Messages {
+		for range job.Messages {
 			id := uuid.Must(uuid.NewV7()).String()
-			if err := c.send(id, convs[i/2], "x"); err != nil {
+			if err := c.send(id, job.Convs[i/2], "x"); err != nil {
 				return err
 			}
 			for {
@@ -129,44 +303,53 @@ func Reconnect(ctx context.Context, cfg ReconnectConfig) (ReconnectResult, error
 		}
 		return nil
 	}); err != nil {
-		return ReconnectResult{}, fmt.Errorf("send before the drop: %w", err)
+		return r.fail(fmt.Errorf("send before the drop: %w", err))
 	}
+	if err := r.say(reconnectReport{Ready: true}); err != nil {
+		return err
+	}
+	var g reconnectGo
+	if err := dec.Decode(&g); err != nil || !g.Drop {
+		return fmt.Errorf("waiting for the drop: %v", err) // the coordinator is gone
+	}
+
 	// The drop: every connection at once, before reading what the partners sent.
+	start := time.Now()
 	for i, c := range conns {
 		c.close()
 		conns[i] = nil
 	}
-
-	var recH, catchH Histogram
-	var connectErrs atomic.Int64
-	missing := make([]int, cfg.Clients)
-	var lastConnected atomic.Int64
-	hostFrom := readHost(cfg.ServerPID)
-	start := time.Now()
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 1024) // dials in flight: beyond the listen backlog they only queue
-	for i := range cfg.Clients {
+	var (
+		rep           = reconnectReport{Done: true, Reconnect: new(Histogram), CatchUp: new(Histogram)}
+		requests      atomic.Int64
+		connectErrs   atomic.Int64
+		lastConnected atomic.Int64
+		missing       = make([]int, n)
+		wg            sync.WaitGroup
+		sem           = make(chan struct{}, max(1, job.Dials))
+	)
+	for i := range n {
 		wg.Go(func() {
 			sem <- struct{}{}
 			var c *lconn
 			var err error
-			for attempt := 0; attempt < 20; attempt++ {
-				if c, err = d.dial(ctx, users[i].Tokens().AccessToken); err == nil {
+			for attempt := 0; attempt < 20 && ctx.Err() == nil; attempt++ {
+				if c, err = d.dial(ctx, job.Clients[i].AccessToken); err == nil {
 					break
 				}
 				connectErrs.Add(1)
 				time.Sleep(time.Duration(50*(attempt+1)) * time.Millisecond)
 			}
 			<-sem
-			if err != nil {
-				missing[i] = cfg.Messages
+			if c == nil {
+				missing[i] = job.Messages
 				return
 			}
 			conns[i] = c
-			recH.Record(time.Since(start))
+			rep.Reconnect.Record(time.Since(start))
 			for {
-				n := int64(time.Since(start))
-				if m := lastConnected.Load(); n <= m || lastConnected.CompareAndSwap(m, n) {
+				el := int64(time.Since(start))
+				if m := lastConnected.Load(); el <= m || lastConnected.CompareAndSwap(m, el) {
 					break
 				}
 			}
@@ -176,7 +359,7 @@ func Reconnect(ctx context.Context, cfg ReconnectConfig) (ReconnectResult, error
 			sb, err := apis[i].Sync(ctx, since[i])
 			requests.Add(1)
 			if err != nil {
-				missing[i] = cfg.Messages
+				missing[i] = job.Messages
 				return
 			}
 			got := map[int64]bool{}
@@ -189,7 +372,7 @@ func Reconnect(ctx context.Context, cfg ReconnectConfig) (ReconnectResult, error
 						break
 					}
 					for _, m := range page.Messages {
-						if m.SenderID == users[partner].Tokens().UserID {
+						if m.SenderID == job.Clients[partner].UserID {
 							got[m.Seq] = true
 						}
 						after = m.Seq
@@ -204,23 +387,18 @@ func Reconnect(ctx context.Context, cfg ReconnectConfig) (ReconnectResult, error
 					missing[i]++
 				}
 			}
-			catchH.Record(time.Since(start))
+			rep.CatchUp.Record(time.Since(start))
 		})
 	}
 	wg.Wait()
-	res := ReconnectResult{
-		Host:     hostBetween(hostFrom, readHost(cfg.ServerPID)),
-		Scenario: "reconnect", Clients: cfg.Clients, Messages: cfg.Messages,
-		ReconnectS: time.Duration(lastConnected.Load()).Seconds(), CaughtUpS: catchH.Max().Seconds(),
-		Reconnect: recH.Summary(), CatchUp: catchH.Summary(), Requests: requests.Load(), ConnectErrs: connectErrs.Load(),
-	}
+	rep.LastConnectedNS, rep.Requests, rep.ConnectErrs = lastConnected.Load(), requests.Load(), connectErrs.Load()
 	for _, m := range missing {
-		res.Missing += m
+		rep.Missing += m
 	}
-	return res, nil
+	return r.say(rep)
 }
 
-// parallel runs f(0..n-1) with at most width at a time and returns the first error.
+// parallel runs f(0..n-1), at most width at a time, and returns one of their errors.
 func parallel(ctx context.Context, n, width int, f func(i int) error) error {
 	sem := make(chan struct{}, width)
 	errc := make(chan error, 1)

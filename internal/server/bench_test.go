@@ -27,7 +27,7 @@ func TestBenchSmoke(t *testing.T) {
 		{"direct", []string{"direct", "--duration", "5s", "--warmup", "500ms", "--pairs", "4", "--inflight", "4"}, "lost 0  duplicates 0  errors 0"},
 		{"rate", []string{"rate", "--duration", "2s", "--warmup", "500ms", "--pairs", "4", "--rate", "400"}, "lost 0  duplicates 0  errors 0"},
 		{"group", []string{"group", "--duration", "2s", "--warmup", "500ms", "--groups", "1", "--members", "10", "--senders", "2", "--inflight", "2"}, "lost 0  duplicates 0  errors 0"},
-		{"reconnect", []string{"reconnect", "--clients", "40"}, "missing 0  connect errors 0"},
+		{"reconnect", []string{"reconnect", "--clients", "40", "--procs", "2"}, "missing 0  connect errors 0"},
 		// idle fails unless every connection stays open through the hold.
 		{"idle", []string{"idle", "--conns", "40", "--procs", "2", "--hold", "1s", "--settle", "0s"}, "40 connections held by 2 processes"},
 	} {

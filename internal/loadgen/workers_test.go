@@ -140,3 +140,66 @@ func TestIdleWorkerReportsClose(t *testing.T) {
 		t.Fatalf("final report %+v, want 1 to %d closed", rep, conns)
 	}
 }
+
+// TestReconnectWorker runs a reconnect worker in process (so that -race sees it): its
+// clients connect and send, report ready, drop at the word, reconnect, catch up, and find
+// every message their partners had acked.
+func TestReconnectWorker(t *testing.T) {
+	url, _ := startServer(t)
+	const clients, messages = 10, 3
+	users, err := Accounts(context.Background(), url, "rw", clients)
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := reconnectJob{URL: url, Messages: messages, Dials: 4, HTTPConns: 4}
+	for k := 0; k < clients; k += 2 {
+		c, _, err := users[k].CreateDirect(context.Background(), users[k+1].Tokens().UserID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		job.Clients = append(job.Clients, users[k].Tokens(), users[k+1].Tokens())
+		job.Convs = append(job.Convs, c.ID)
+	}
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		err := ReconnectWorker(context.Background(), inR, outW)
+		outW.Close()
+		done <- err
+	}()
+	t.Cleanup(func() { inW.Close(); _, _ = io.Copy(io.Discard, outR) })
+	enc, out := json.NewEncoder(inW), bufio.NewScanner(outR)
+	out.Buffer(nil, 1<<20)
+	go func() { _ = enc.Encode(job) }()
+	next := func() reconnectReport {
+		t.Helper()
+		if !out.Scan() {
+			t.Fatalf("worker ended: %v (%v)", out.Err(), <-done)
+		}
+		var rep reconnectReport
+		if bytes.Contains(out.Bytes(), []byte(`"error"`)) {
+			t.Fatalf("worker failed: %s", out.Bytes())
+		}
+		if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+			t.Fatal(err)
+		}
+		return rep
+	}
+	if rep := next(); !rep.Ready {
+		t.Fatalf("first report %+v, want ready", rep)
+	}
+	if err := enc.Encode(reconnectGo{Drop: true}); err != nil {
+		t.Fatal(err)
+	}
+	rep := next()
+	if !rep.Done || rep.Missing != 0 || rep.Reconnect.Count() != clients || rep.CatchUp.Count() != clients {
+		t.Fatalf("final report %+v (reconnected %d, caught up %d)", rep, rep.Reconnect.Count(), rep.CatchUp.Count())
+	}
+	if rep.Requests < 2*clients {
+		t.Fatalf("%d catch-up requests for %d clients: each syncs and reads its conversation", rep.Requests, clients)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
