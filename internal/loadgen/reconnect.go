@@ -93,14 +93,16 @@ type reconnectJob struct {
 	Convs     []string          `json:"convs"`
 }
 
-// reconnectGo is the coordinator's word to drop, sent to every worker at once.
+// reconnectGo is the coordinator's word to drop, sent to every worker at once. At is when
+// (Unix nanoseconds): the workers' times count from it.
 type reconnectGo struct {
-	Drop bool `json:"drop"`
+	Drop bool  `json:"drop"`
+	At   int64 `json:"at"`
 }
 
 // reconnectReport is a reconnect worker's line: Ready once its clients are connected and
 // have sent, then the figures once they have all caught up after the drop. Times count from
-// when the worker read the word to drop.
+// reconnectGo.At.
 type reconnectReport struct {
 	Ready           bool       `json:"ready,omitempty"`
 	Done            bool       `json:"done,omitempty"`
@@ -148,12 +150,11 @@ func Reconnect(ctx context.Context, cfg ReconnectConfig) (ReconnectResult, error
 
 	procs := min(procsFor(cfg.Procs, cfg.Clients, ClientsPerProc), pairs) // a pair stays in one worker
 	res := ReconnectResult{Scenario: "reconnect", Clients: cfg.Clients, Procs: procs, Messages: cfg.Messages}
-	jobs := make([]reconnectJob, procs)
-	for k := range pairs {
-		j := &jobs[k*procs/pairs] // contiguous shares
-		j.Clients = append(j.Clients, users[2*k].Tokens(), users[2*k+1].Tokens())
-		j.Convs = append(j.Convs, convs[k])
+	tokens := make([]protocol.Tokens, len(users))
+	for i, u := range users {
+		tokens[i] = u.Tokens()
 	}
+	jobs := splitPairs(tokens, convs, procs)
 	ctx, cancel := context.WithCancel(ctx) // ends every worker on a failure or Ctrl-C
 	defer cancel()
 	workers := make([]*proc, procs)
@@ -165,7 +166,11 @@ func Reconnect(ctx context.Context, cfg ReconnectConfig) (ReconnectResult, error
 		}
 	}()
 	errs := make([]error, procs)
-	var wg sync.WaitGroup
+	var (
+		wg       sync.WaitGroup
+		firstErr error // the failure that made the others be killed
+		once     sync.Once
+	)
 	for i := range jobs {
 		j := &jobs[i]
 		j.URL, j.SourceIPs, j.Messages, j.Dials = cfg.URL, cfg.SourceIPs, cfg.Messages, max(1, reconnectDials/procs)
@@ -182,7 +187,7 @@ func Reconnect(ctx context.Context, cfg ReconnectConfig) (ReconnectResult, error
 				}
 			}
 			if err != nil {
-				errs[i] = err
+				once.Do(func() { firstErr = err })
 				cancel()
 				return
 			}
@@ -190,14 +195,19 @@ func Reconnect(ctx context.Context, cfg ReconnectConfig) (ReconnectResult, error
 		})
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	if firstErr != nil {
+		return res, firstErr
+	}
+	if err := ctx.Err(); err != nil {
 		return res, err
 	}
 
-	// The drop, in every worker at once.
+	// The drop, in every worker at once: they count from the same instant of this host's
+	// clock, however late each reads the word.
 	hostFrom := readHost(cfg.ServerPID)
+	drop := reconnectGo{Drop: true, At: time.Now().UnixNano()}
 	for _, w := range workers {
-		if err := w.send(reconnectGo{Drop: true}); err != nil {
+		if err := w.send(drop); err != nil {
 			return res, w.errorf("sending the drop: %w", err)
 		}
 	}
@@ -209,6 +219,9 @@ func Reconnect(ctx context.Context, cfg ReconnectConfig) (ReconnectResult, error
 	}
 	wg.Wait()
 	res.Host = hostBetween(hostFrom, readHost(cfg.ServerPID))
+	if err := ctx.Err(); err != nil {
+		return res, err // Ctrl-C: the workers' figures are of clients that stopped
+	}
 	if err := errors.Join(errs...); err != nil {
 		return res, err
 	}
@@ -291,6 +304,9 @@ func ReconnectWorker(ctx context.Context, in io.Reader, out io.Writer) error {
 				return err
 			}
 			for {
+				// A server that never acks must not hang the run, nor leave an orphan worker
+				// when the coordinator is gone (it is read only for the word to drop).
+				_ = c.nc.SetReadDeadline(time.Now().Add(30 * time.Second))
 				p, err := c.next()
 				if err != nil {
 					return err
@@ -309,12 +325,15 @@ func ReconnectWorker(ctx context.Context, in io.Reader, out io.Writer) error {
 		return err
 	}
 	var g reconnectGo
-	if err := dec.Decode(&g); err != nil || !g.Drop {
-		return fmt.Errorf("waiting for the drop: %v", err) // the coordinator is gone
+	if err := dec.Decode(&g); err != nil {
+		return fmt.Errorf("waiting for the drop: %w", err) // the coordinator is gone
+	}
+	if !g.Drop || g.At == 0 {
+		return r.fail(fmt.Errorf("waiting for the drop, got %+v", g))
 	}
 
 	// The drop: every connection at once, before reading what the partners sent.
-	start := time.Now()
+	start := time.Unix(0, g.At)
 	for i, c := range conns {
 		c.close()
 		conns[i] = nil
@@ -391,11 +410,33 @@ func ReconnectWorker(ctx context.Context, in io.Reader, out io.Writer) error {
 		})
 	}
 	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return r.fail(err) // not figures: the clients stopped
+	}
 	rep.LastConnectedNS, rep.Requests, rep.ConnectErrs = lastConnected.Load(), requests.Load(), connectErrs.Load()
 	for _, m := range missing {
 		rep.Missing += m
 	}
-	return r.say(rep)
+	if err := r.say(rep); err != nil {
+		return err
+	}
+	// Hold the connections until the coordinator has every worker's report: closing them
+	// now would put this worker's hang-ups into the others' catch-up.
+	_, _ = io.Copy(io.Discard, io.MultiReader(dec.Buffered(), in))
+	return nil
+}
+
+// splitPairs shares the clients (pairs 2k and 2k+1, with the conversation convs[k]) among
+// procs workers, in contiguous runs of pairs, so that a pair is always in one worker.
+func splitPairs(clients []protocol.Tokens, convs []string, procs int) []reconnectJob {
+	pairs := len(convs)
+	jobs := make([]reconnectJob, procs)
+	for k := range pairs {
+		j := &jobs[k*procs/pairs]
+		j.Clients = append(j.Clients, clients[2*k], clients[2*k+1])
+		j.Convs = append(j.Convs, convs[k])
+	}
+	return jobs
 }
 
 // parallel runs f(0..n-1), at most width at a time, and returns one of their errors.

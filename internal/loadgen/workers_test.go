@@ -8,11 +8,13 @@ import (
 	"io"
 	"log/slog"
 	"runtime"
+	"strconv"
 	"testing"
 	"time"
 
 	"github.com/parley-chat/parley/internal/auth"
 	"github.com/parley-chat/parley/internal/server"
+	"github.com/parley-chat/parley/protocol"
 )
 
 // startServer runs a real server in this process on 127.0.0.1; stop shuts it down.
@@ -171,7 +173,9 @@ func TestReconnectWorker(t *testing.T) {
 	t.Cleanup(func() { inW.Close(); _, _ = io.Copy(io.Discard, outR) })
 	enc, out := json.NewEncoder(inW), bufio.NewScanner(outR)
 	out.Buffer(nil, 1<<20)
-	go func() { _ = enc.Encode(job) }()
+	sent := make(chan error, 1)
+	go func() { sent <- enc.Encode(job) }() // the pipe has no buffer: the worker reads it
+
 	next := func() reconnectReport {
 		t.Helper()
 		if !out.Scan() {
@@ -189,7 +193,10 @@ func TestReconnectWorker(t *testing.T) {
 	if rep := next(); !rep.Ready {
 		t.Fatalf("first report %+v, want ready", rep)
 	}
-	if err := enc.Encode(reconnectGo{Drop: true}); err != nil {
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	if err := enc.Encode(reconnectGo{Drop: true, At: time.Now().UnixNano()}); err != nil {
 		t.Fatal(err)
 	}
 	rep := next()
@@ -199,7 +206,41 @@ func TestReconnectWorker(t *testing.T) {
 	if rep.Requests < 2*clients {
 		t.Fatalf("%d catch-up requests for %d clients: each syncs and reads its conversation", rep.Requests, clients)
 	}
+	inW.Close() // it holds its connections until then
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestSplitPairs: the clients are shared out in whole pairs, each with its conversation,
+// every worker gets some, and none is lost or given twice.
+func TestSplitPairs(t *testing.T) {
+	for _, tc := range []struct{ pairs, procs int }{{1, 1}, {5, 1}, {5, 2}, {5, 5}, {9500, 2}, {7, 3}} {
+		clients := make([]protocol.Tokens, 2*tc.pairs)
+		convs := make([]string, tc.pairs)
+		for k := range convs {
+			convs[k] = "c" + strconv.Itoa(k)
+			clients[2*k].UserID, clients[2*k+1].UserID = "a"+strconv.Itoa(k), "b"+strconv.Itoa(k)
+		}
+		jobs := splitPairs(clients, convs, tc.procs)
+		seen := 0
+		for w, j := range jobs {
+			if len(j.Convs) == 0 || len(j.Clients) != 2*len(j.Convs) {
+				t.Fatalf("%+v: worker %d has %d clients and %d conversations", tc, w, len(j.Clients), len(j.Convs))
+			}
+			for k, c := range j.Convs {
+				n := c[1:]
+				if j.Clients[2*k].UserID != "a"+n || j.Clients[2*k+1].UserID != "b"+n {
+					t.Fatalf("%+v: worker %d has conversation %s with %s and %s", tc, w, c, j.Clients[2*k].UserID, j.Clients[2*k+1].UserID)
+				}
+				if c != convs[seen] {
+					t.Fatalf("%+v: conversation %s where %s was due", tc, c, convs[seen])
+				}
+				seen++
+			}
+		}
+		if seen != tc.pairs {
+			t.Fatalf("%+v: %d pairs shared out", tc, seen)
+		}
 	}
 }
