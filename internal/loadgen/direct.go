@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -55,8 +57,11 @@ type DirectResult struct {
 	Lost       int `json:"lost"`
 	Duplicates int `json:"duplicates"`
 	Errors     int `json:"errors"`
-	// ServerCloses counts connections the server closed during the run (a reader too slow
-	// to keep up is cut off, and what it missed counts as lost), with the first reason.
+	// LostSeqs names some of the lost messages (pair, seqs), to look them up in the store.
+	LostSeqs string `json:"lost_seqs,omitempty"`
+	// ServerCloses counts connections that ended during the run: closed by the server (a
+	// reader too slow to keep up is cut off, and what it missed counts as lost) or failed,
+	// with the first reason.
 	ServerCloses int    `json:"server_closes,omitempty"`
 	CloseReason  string `json:"close_reason,omitempty"`
 	// Host is how the machine's CPU was spent during the measured window (Linux).
@@ -75,15 +80,23 @@ func (r DirectResult) String() string {
   send→deliver %s
   lost %d  duplicates %d  errors %d`,
 		r.Scenario, r.Pairs, mode, r.DurationS, r.AckedPerS, r.Acked, r.DeliveredPerS, r.Delivered,
-		r.SendToAck, r.SendToDeliver, r.Lost, r.Duplicates, r.Errors) + closes(r.ServerCloses, r.CloseReason) + r.lateness() + r.Host.String()
+		r.SendToAck, r.SendToDeliver, r.Lost, r.Duplicates, r.Errors) + lostSeqs(r.LostSeqs) +
+		closes(r.ServerCloses, r.CloseReason) + r.lateness() + r.Host.String()
 }
 
-// closes reports connections the server closed, if any.
+// closes reports connections that ended during the run, if any.
 func closes(n int, reason string) string {
 	if n == 0 {
 		return ""
 	}
-	return fmt.Sprintf("\n  the server closed %d connection(s) during the run, the first with %q", n, reason)
+	return fmt.Sprintf("\n  %d connection(s) ended during the run, the first with %q", n, reason)
+}
+
+func lostSeqs(s string) string {
+	if s == "" {
+		return ""
+	}
+	return "\n  lost: " + s
 }
 
 func (r DirectResult) lateness() string {
@@ -116,6 +129,20 @@ func (t *tracker) deliver(seq int64) {
 	t.mu.Lock()
 	t.delivered[seq]++
 	t.mu.Unlock()
+}
+
+// lostSeqs returns up to max acked seqs that some receiver has not got, in order.
+func (t *tracker) lostSeqs(max int) []int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var seqs []int64
+	for seq := range t.acked {
+		if t.delivered[seq] < t.receivers {
+			seqs = append(seqs, seq)
+		}
+	}
+	slices.Sort(seqs)
+	return seqs[:min(len(seqs), max)]
 }
 
 // check returns the acked seqs some receiver has not got, and the extra deliveries.
@@ -157,8 +184,9 @@ type meter struct {
 	lateH            Histogram // rate: schedule → frame written
 	acked, delivered atomic.Uint64
 	errs             atomic.Int64
-	closes           atomic.Int64 // connections the server closed during the run
+	closes           atomic.Int64 // connections that ended during the run
 	closeReason      atomic.Pointer[string]
+	ending           atomic.Bool // set before the load generator closes its connections
 }
 
 // newMeter starts a run's measurement: a warmup from now, then a window of dur. The
@@ -183,17 +211,19 @@ func (m *meter) readLoop(c *lconn, handle func(frameInfo)) {
 	}
 }
 
-// readEnded records why a connection's reading stopped, if the server closed it.
+// readEnded records why a connection's reading stopped, unless the load generator closed
+// it at the end: a close frame from the server, or any failure, ends a reader for good,
+// and what it would have read then counts as lost.
 func (m *meter) readEnded(err error) {
-	var ce *closedError
-	if errors.As(err, &ce) {
-		m.closes.Add(1)
-		r := ce.Error()
-		m.closeReason.CompareAndSwap(nil, &r)
+	if m.ending.Load() {
+		return
 	}
+	m.closes.Add(1)
+	r := err.Error()
+	m.closeReason.CompareAndSwap(nil, &r)
 }
 
-// closed returns the number of connections the server closed and the first one's reason.
+// closed returns the number of connections that ended during the run and the first reason.
 func (m *meter) closed() (int, string) {
 	if r := m.closeReason.Load(); r != nil {
 		return int(m.closes.Load()), *r
@@ -257,6 +287,17 @@ func (m *meter) closedLoop(ctx context.Context, s *sender) {
 			return
 		}
 	}
+}
+
+// lostDetail names the first lost seqs of up to three trackers, for a report.
+func lostDetail(trackers []*tracker, name string) string {
+	var parts []string
+	for i, tr := range trackers {
+		if seqs := tr.lostSeqs(8); len(seqs) > 0 && len(parts) < 3 {
+			parts = append(parts, fmt.Sprintf("%s %d seqs %v", name, i, seqs))
+		}
+	}
+	return strings.Join(parts, "; ")
 }
 
 // check sums the trackers' lost and duplicated deliveries.
@@ -373,6 +414,7 @@ func Direct(ctx context.Context, cfg DirectConfig) (DirectResult, error) {
 	// Let acks and deliveries in flight arrive before checking that each acked message came
 	// exactly once.
 	settle(trackers, 5*time.Second)
+	m.ending.Store(true)
 	for _, c := range conns {
 		c.close()
 	}
@@ -392,6 +434,7 @@ func Direct(ctx context.Context, cfg DirectConfig) (DirectResult, error) {
 	res.AckedPerS = float64(res.Acked) / elapsed.Seconds()
 	res.DeliveredPerS = float64(res.Delivered) / elapsed.Seconds()
 	res.Lost, res.Duplicates = check(trackers)
+	res.LostSeqs = lostDetail(trackers, "pair")
 	res.ServerCloses, res.CloseReason = m.closed()
 	return res, nil
 }

@@ -44,6 +44,7 @@ type GroupResult struct {
 	Lost           int      `json:"lost"`
 	Duplicates     int      `json:"duplicates"`
 	Errors         int      `json:"errors"`
+	LostSeqs       string   `json:"lost_seqs,omitempty"` // see DirectResult
 	Host           *HostCPU `json:"host,omitempty"`          // the machine's CPU during the window (Linux)
 	ServerCloses   int      `json:"server_closes,omitempty"` // see DirectResult
 	CloseReason    string   `json:"close_reason,omitempty"`
@@ -57,7 +58,7 @@ func (r GroupResult) String() string {
   send→deliver %s
   lost %d  duplicates %d  errors %d`,
 		r.Groups, r.Members, r.Senders, r.InFlight, r.DurationS, r.AckedPerS, r.Acked, r.DeliveriesPerS, r.Deliveries,
-		r.SendToAck, r.FanOut, r.Lost, r.Duplicates, r.Errors) + closes(r.ServerCloses, r.CloseReason) + r.Host.String()
+		r.SendToAck, r.FanOut, r.Lost, r.Duplicates, r.Errors) + lostSeqs(r.LostSeqs) + closes(r.ServerCloses, r.CloseReason) + r.Host.String()
 }
 
 // Group runs the group scenario against cfg.URL.
@@ -148,6 +149,7 @@ func Group(ctx context.Context, cfg GroupConfig) (GroupResult, error) {
 	elapsed := min(time.Since(m.win.from), cfg.Duration)
 	hostCPU := m.host()
 	settle(trackers, 10*time.Second)
+	m.ending.Store(true)
 	for _, c := range conns {
 		c.close()
 	}
@@ -161,6 +163,7 @@ func Group(ctx context.Context, cfg GroupConfig) (GroupResult, error) {
 	res.AckedPerS = float64(res.Acked) / elapsed.Seconds()
 	res.DeliveriesPerS = float64(res.Deliveries) / elapsed.Seconds()
 	res.Lost, res.Duplicates = check(trackers)
+	res.LostSeqs = lostDetail(trackers, "group")
 	res.ServerCloses, res.CloseReason = m.closed()
 	return res, nil
 }
