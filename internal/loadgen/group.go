@@ -44,7 +44,7 @@ type GroupResult struct {
 	Lost           int      `json:"lost"`
 	Duplicates     int      `json:"duplicates"`
 	Errors         int      `json:"errors"`
-	LostSeqs       string   `json:"lost_seqs,omitempty"` // see DirectResult
+	LostSeqs       string   `json:"lost_seqs,omitempty"`     // see DirectResult
 	Host           *HostCPU `json:"host,omitempty"`          // the machine's CPU during the window (Linux)
 	ServerCloses   int      `json:"server_closes,omitempty"` // see DirectResult
 	CloseReason    string   `json:"close_reason,omitempty"`
