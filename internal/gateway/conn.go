@@ -419,7 +419,11 @@ func (c *Conn) close(code ws.StatusCode, reason string) {
 // socket buffer is full, so the close frame gets only a moment, and the socket is reset
 // rather than closed gracefully: a graceful close would leave the kernel holding the unsent
 // bytes for a peer that does not read them.
+//
+// Unlike an ordinary close it is logged at Info: the client loses what was queued for it
+// (it catches up by sync), and a run of these says that clients cannot keep up.
 func (c *Conn) cut(reason string) {
+	c.g.log.Info("connection cut", "user", c.userID, "device", c.deviceID, "reason", reason)
 	c.end(ws.StatusPolicyViolation, reason, 10*time.Millisecond, true)
 }
 
