@@ -456,12 +456,20 @@ wait:
 			}
 		}
 	}
+	late := 0
 	for _, c := range conns {
 		if ctx.Err() != nil {
-			c.cut("server shutting down") // out of time: do not wait on full sockets
+			// Out of time: do not wait on full sockets. Not cut, which logs each one.
+			if !c.idle() {
+				late++
+			}
+			c.end(ws.StatusGoingAway, "server shutting down", 10*time.Millisecond, true)
 		} else {
 			c.close(ws.StatusGoingAway, "server shutting down")
 		}
+	}
+	if late > 0 {
+		g.log.Warn("shutdown: connections closed with frames still queued", "connections", late)
 	}
 	close(g.stop)
 	<-g.stopped
