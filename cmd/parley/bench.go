@@ -104,7 +104,7 @@ func bench(ctx context.Context, args []string) error {
 				cfg.InFlight, cfg.Rate = 0, *rate
 			}
 			res, err := loadgen.Direct(ctx, cfg)
-			return res, checked(err, res.Lost, res.Duplicates)
+			return res, checked(err, res.Lost, res.Duplicates, res.Unanswered)
 		}
 	case "group":
 		groups := fs.Int("groups", 2, "groups")
@@ -114,7 +114,7 @@ func bench(ctx context.Context, args []string) error {
 		run = func(url string, pid int) (fmt.Stringer, error) {
 			res, err := loadgen.Group(ctx, loadgen.GroupConfig{URL: url, Groups: *groups, Members: *members, Senders: *senders,
 				InFlight: *inflight, Duration: *duration, Warmup: *warmup, SourceIPs: bf.sourceIPs(), ServerPID: pid})
-			return res, checked(err, res.Lost, res.Duplicates)
+			return res, checked(err, res.Lost, res.Duplicates, res.Unanswered)
 		}
 	case "idle":
 		conns := fs.Int("conns", 5000, "connections to hold")
@@ -150,7 +150,7 @@ func bench(ctx context.Context, args []string) error {
 			res, err := loadgen.Reconnect(ctx, loadgen.ReconnectConfig{URL: url, Clients: *clients, Messages: *messages,
 				SourceIPs: bf.sourceIPs(), ServerPID: pid, Procs: *procs,
 				Worker: func() *exec.Cmd { return exec.Command(exe, "bench", "reconnect-worker") }})
-			return res, checked(err, res.Missing, 0)
+			return res, checked(err, res.Missing, 0, 0)
 		}
 	default:
 		fmt.Fprint(os.Stderr, benchUsage)
@@ -185,9 +185,9 @@ func bench(ctx context.Context, args []string) error {
 }
 
 // checked turns a run's correctness figures into its error.
-func checked(err error, lost, dups int) error {
-	if err == nil && (lost > 0 || dups > 0) {
-		err = fmt.Errorf("correctness: %d acked messages not delivered, %d delivered twice", lost, dups)
+func checked(err error, lost, dups, unanswered int) error {
+	if err == nil && (lost > 0 || dups > 0 || unanswered > 0) {
+		err = fmt.Errorf("correctness: %d acked messages not delivered, %d delivered twice, %d sends never answered", lost, dups, unanswered)
 	}
 	return err
 }

@@ -434,6 +434,7 @@ func (c *Conn) end(code ws.StatusCode, reason string, wait time.Duration, reset 
 		return
 	}
 	c.closed = true
+	unsent, writing := c.queued, c.writing
 	c.queue, c.queued = nil, 0
 	c.mu.Unlock()
 	c.g.poll.remove(c)
@@ -444,7 +445,8 @@ func (c *Conn) end(code ws.StatusCode, reason string, wait time.Duration, reset 
 		_ = tc.SetLinger(0)
 	}
 	_ = c.nc.Close()
-	c.g.log.Debug("connection closed", "user", c.userID, "device", c.deviceID, "code", int(code), "reason", reason)
+	c.g.log.Debug("connection closed", "user", c.userID, "device", c.deviceID, "code", int(code), "reason", reason,
+		"unsent_bytes", unsent, "writing", writing)
 }
 
 // origin names this connection across nodes, for the fan-out to skip it: its events' acks

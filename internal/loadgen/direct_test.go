@@ -3,6 +3,7 @@ package loadgen
 import (
 	"slices"
 	"testing"
+	"time"
 )
 
 // TestTrackerLost: an acked seq that a receiver has not got is lost, one got twice is a
@@ -24,5 +25,37 @@ func TestTrackerLost(t *testing.T) {
 	}
 	if got := lostDetail([]*tracker{newTracker(1), tr}, "pair"); got != "pair 1 seqs [3 5]" {
 		t.Fatalf("lost detail %q", got)
+	}
+}
+
+// TestSettleWaitsForAnswers: the end of a run waits for the answer to every send and the
+// delivery of every acked message. Checking deliveries alone passed while an ack was still
+// on its way, and its message, delivered a moment later, counted as lost.
+func TestSettleWaitsForAnswers(t *testing.T) {
+	m := &meter{}
+	tr := newTracker(1)
+	s := &sender{t0: map[string]time.Time{"a": time.Now()}}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		time.Sleep(30 * time.Millisecond)
+		m.ack(s, frameInfo{typ: "ack", id: "a", seq: 1}, tr)
+		time.Sleep(30 * time.Millisecond)
+		tr.deliver(1)
+	}()
+	if n := settle([]*tracker{tr}, []*sender{s}, 10*time.Second); n != 0 {
+		t.Fatalf("%d unanswered", n)
+	}
+	tr.mu.Lock()
+	acked, delivered := len(tr.acked), tr.delivered[1]
+	tr.mu.Unlock()
+	if acked != 1 || delivered != 1 {
+		t.Fatalf("settle returned with %d acked and seq 1 delivered %d times; want both 1", acked, delivered)
+	}
+	<-done
+
+	never := &sender{t0: map[string]time.Time{"b": time.Now()}}
+	if n := settle(nil, []*sender{never}, 50*time.Millisecond); n != 1 {
+		t.Fatalf("a send never answered: settle says %d unanswered, want 1", n)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -44,7 +45,10 @@ type GroupResult struct {
 	Lost           int      `json:"lost"`
 	Duplicates     int      `json:"duplicates"`
 	Errors         int      `json:"errors"`
-	LostSeqs       string   `json:"lost_seqs,omitempty"`     // see DirectResult
+	Unanswered     int      `json:"unanswered,omitempty"` // see DirectResult
+	LostSeqs       string   `json:"lost_seqs,omitempty"`  // see DirectResult
+	Gaps           int      `json:"gaps,omitempty"`
+	FirstGap       string   `json:"first_gap,omitempty"`
 	Host           *HostCPU `json:"host,omitempty"`          // the machine's CPU during the window (Linux)
 	ServerCloses   int      `json:"server_closes,omitempty"` // see DirectResult
 	CloseReason    string   `json:"close_reason,omitempty"`
@@ -58,7 +62,8 @@ func (r GroupResult) String() string {
   send→deliver %s
   lost %d  duplicates %d  errors %d`,
 		r.Groups, r.Members, r.Senders, r.InFlight, r.DurationS, r.AckedPerS, r.Acked, r.DeliveriesPerS, r.Deliveries,
-		r.SendToAck, r.FanOut, r.Lost, r.Duplicates, r.Errors) + lostSeqs(r.LostSeqs) + closes(r.ServerCloses, r.CloseReason) + r.Host.String()
+		r.SendToAck, r.FanOut, r.Lost, r.Duplicates, r.Errors) + unansweredLine(r.Unanswered) + lostSeqs(r.LostSeqs) + gaps(r.Gaps, r.FirstGap) +
+		closes(r.ServerCloses, r.CloseReason) + r.Host.String()
 }
 
 // Group runs the group scenario against cfg.URL.
@@ -81,8 +86,9 @@ func Group(ctx context.Context, cfg GroupConfig) (GroupResult, error) {
 		}
 	}()
 	type member struct {
-		c  *lconn
-		tr *tracker
+		c   *lconn
+		tr  *tracker
+		got *seqSet // seqs it received, or was acked for: to name who missed a lost one
 	}
 	var senders []*sender
 	var receivers []member
@@ -107,7 +113,7 @@ func Group(ctx context.Context, cfg GroupConfig) (GroupResult, error) {
 				return GroupResult{}, fmt.Errorf("connect: %w", err)
 			}
 			conns = append(conns, c)
-			receivers = append(receivers, member{c, tr})
+			receivers = append(receivers, member{c, tr, &seqSet{}})
 			if i < cfg.Senders {
 				senders = append(senders, &sender{c: c, conv: conv.ID, t0: map[string]time.Time{}, slots: make(chan struct{}, cfg.InFlight)})
 			}
@@ -124,19 +130,28 @@ func Group(ctx context.Context, cfg GroupConfig) (GroupResult, error) {
 	// One reader per connection: a sender's connection carries its acks and the other
 	// senders' messages.
 	var readers sync.WaitGroup
-	for _, mem := range receivers {
+	for k, mem := range receivers {
 		s := isSender[mem.c]
+		var order *seqOrder // a sender skips its own messages: no order to check
+		if s == nil {
+			order = &seqOrder{m: m, name: fmt.Sprintf("member connection %d", k)}
+		}
 		readers.Go(func() {
 			m.readLoop(mem.c, func(f frameInfo) {
 				switch f.typ {
 				case protocol.FrameMessage:
 					m.delivery(f, mem.tr)
+					mem.got.add(f.seq)
+					if order != nil {
+						order.next(f.seq)
+					}
 				case protocol.FrameAck:
 					if s != nil {
 						m.ack(s, f, mem.tr)
+						mem.got.add(f.seq)
 					}
 				case protocol.FrameError:
-					m.errs.Add(1)
+					m.refused(s, f) // s is nil on a member that does not send
 				}
 			})
 		})
@@ -148,7 +163,7 @@ func Group(ctx context.Context, cfg GroupConfig) (GroupResult, error) {
 	writers.Wait()
 	elapsed := min(time.Since(m.win.from), cfg.Duration)
 	hostCPU := m.host()
-	settle(trackers, 10*time.Second)
+	unanswered := settle(trackers, senders, 10*time.Second)
 	m.ending.Store(true)
 	for _, c := range conns {
 		c.close()
@@ -163,7 +178,48 @@ func Group(ctx context.Context, cfg GroupConfig) (GroupResult, error) {
 	res.AckedPerS = float64(res.Acked) / elapsed.Seconds()
 	res.DeliveriesPerS = float64(res.Deliveries) / elapsed.Seconds()
 	res.Lost, res.Duplicates = check(trackers)
+	res.Unanswered = unanswered
 	res.LostSeqs = lostDetail(trackers, "group")
+	// Who missed them: the members of the group of each of a few lost seqs.
+	var missed []string
+	for g, tr := range trackers {
+		for _, seq := range tr.lostSeqs(2) {
+			var who []string
+			for k, mem := range receivers[g*cfg.Members : (g+1)*cfg.Members] {
+				if !mem.got.has(seq) {
+					role := ""
+					if isSender[mem.c] != nil {
+						role = " (a sender)"
+					}
+					who = append(who, fmt.Sprintf("%d%s", g*cfg.Members+k, role))
+				}
+			}
+			missed = append(missed, fmt.Sprintf("group %d seq %d by connections %s", g, seq, strings.Join(who, ", ")))
+		}
+	}
+	if len(missed) > 0 {
+		res.LostSeqs += "; missed: " + strings.Join(missed, "; ")
+	}
+	res.Gaps, res.FirstGap = m.gapped()
 	res.ServerCloses, res.CloseReason = m.closed()
 	return res, nil
+}
+
+// seqSet is a set of seqs (from 1), as bits.
+type seqSet struct{ bits []uint64 }
+
+func (s *seqSet) add(seq int64) {
+	if seq <= 0 {
+		return
+	}
+	i := int(seq / 64)
+	if i >= len(s.bits) {
+		s.bits = append(s.bits, make([]uint64, i+1-len(s.bits))...)
+	}
+	s.bits[i] |= 1 << (seq % 64)
+}
+
+func (s *seqSet) has(seq int64) bool {
+	i := int(seq / 64)
+	return seq > 0 && i < len(s.bits) && s.bits[i]&(1<<(seq%64)) != 0
 }
