@@ -73,15 +73,8 @@ func (d *dialer) dial(ctx context.Context, token string) (*lconn, error) {
 	return c, nil
 }
 
-// write sends one text frame (masked, as a client must).
-func (c *lconn) write(p []byte) error {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	return c.writeFrame(ws.OpText, p)
-}
-
-// writeWithin is write with a deadline, which it clears again so that it does not fall
-// on a later write (a pong from the reader).
+// writeWithin sends one text frame (masked, as a client must) with a deadline, which it
+// clears again so that it does not fall on a later write (a pong from the reader).
 func (c *lconn) writeWithin(p []byte, d time.Duration) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
