@@ -130,18 +130,13 @@ func Idle(ctx context.Context, cfg IdleConfig) (IdleResult, error) {
 		}
 	}()
 	start := time.Now()
-	errs := make([]error, procs)
-	var wg sync.WaitGroup
-	for i := range jobs {
-		jobs[i].URL, jobs[i].SourceIPs, jobs[i].Heartbeat = cfg.URL, cfg.SourceIPs, idleHeartbeat
-		wg.Go(func() {
-			if workers[i], errs[i] = startIdleWorker(ctx, cfg.Worker(), jobs[i]); errs[i] != nil {
-				cancel() // no point in the others dialing on
-			}
-		})
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	if err := startWorkers(ctx, cancel, procs, func(i int) error {
+		j := &jobs[i]
+		j.URL, j.SourceIPs, j.Heartbeat = cfg.URL, cfg.SourceIPs, idleHeartbeat
+		w, err := startIdleWorker(ctx, cfg.Worker(), *j)
+		workers[i] = w // nil on failure: startIdleWorker has killed it
+		return err
+	}); err != nil {
 		return res, err
 	}
 	res.ConnectS = time.Since(start).Seconds()

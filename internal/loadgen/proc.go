@@ -33,6 +33,30 @@ func procsFor(procs, conns, perProc int) int {
 	return max(1, min(procs, conns))
 }
 
+// startWorkers runs start(i) for each of n workers at once. The first to fail cancels ctx
+// (through cancel), which kills the workers already started (see startProc) and stops the
+// others dialing on; its error is returned, not the errors of the workers killed for it.
+func startWorkers(ctx context.Context, cancel context.CancelFunc, n int, start func(i int) error) error {
+	var (
+		wg    sync.WaitGroup
+		once  sync.Once
+		first error
+	)
+	for i := range n {
+		wg.Go(func() {
+			if err := start(i); err != nil {
+				once.Do(func() { first = err })
+				cancel()
+			}
+		})
+	}
+	wg.Wait()
+	if first != nil {
+		return first
+	}
+	return ctx.Err()
+}
+
 // proc is a scenario's worker process, seen from the coordinator. It is sent its job as
 // JSON values on its standard input and reports JSON lines on its standard output; a line
 // with an "error" field is its failure. The end of its input tells it to finish.

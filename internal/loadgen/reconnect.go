@@ -165,40 +165,25 @@ func Reconnect(ctx context.Context, cfg ReconnectConfig) (ReconnectResult, error
 			}
 		}
 	}()
-	errs := make([]error, procs)
-	var (
-		wg       sync.WaitGroup
-		firstErr error // the failure that made the others be killed
-		once     sync.Once
-	)
-	for i := range jobs {
+	if err := startWorkers(ctx, cancel, procs, func(i int) error {
 		j := &jobs[i]
 		j.URL, j.SourceIPs, j.Messages, j.Dials = cfg.URL, cfg.SourceIPs, cfg.Messages, max(1, reconnectDials/procs)
 		j.HTTPConns = max(1, reconnectHTTP/procs)
-		wg.Go(func() {
-			w, err := startProc(ctx, "reconnect", cfg.Worker(), j)
-			if err == nil {
-				var rep reconnectReport
-				if err = w.read(&rep); err == nil && !rep.Ready {
-					err = w.errorf("not ready")
-				}
-				if err != nil {
-					w.kill()
-				}
-			}
-			if err != nil {
-				once.Do(func() { firstErr = err })
-				cancel()
-				return
-			}
-			workers[i] = w
-		})
-	}
-	wg.Wait()
-	if firstErr != nil {
-		return res, firstErr
-	}
-	if err := ctx.Err(); err != nil {
+		w, err := startProc(ctx, "reconnect", cfg.Worker(), j)
+		if err != nil {
+			return err
+		}
+		var rep reconnectReport
+		if err = w.read(&rep); err == nil && !rep.Ready {
+			err = w.errorf("not ready")
+		}
+		if err != nil {
+			w.kill()
+			return err
+		}
+		workers[i] = w
+		return nil
+	}); err != nil {
 		return res, err
 	}
 
@@ -214,6 +199,8 @@ func Reconnect(ctx context.Context, cfg ReconnectConfig) (ReconnectResult, error
 	var recH, catchH Histogram
 	var last time.Duration
 	reports := make([]reconnectReport, procs)
+	errs := make([]error, procs)
+	var wg sync.WaitGroup
 	for i, w := range workers {
 		wg.Go(func() { errs[i] = w.read(&reports[i]) })
 	}
