@@ -198,6 +198,25 @@ func (s *sender) unanswered() int {
 	return len(s.t0)
 }
 
+// sentAt returns when the message id was sent, if it is one of s's awaiting an answer.
+func (s *sender) sentAt(id string) (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t0, ok := s.t0[id]
+	return t0, ok
+}
+
+// answered ends the wait for the message id (sentAt said it was awaited) and frees its
+// slot. Only the connection's reader answers, so the message is still there.
+func (s *sender) answered(id string) {
+	s.mu.Lock()
+	delete(s.t0, id)
+	s.mu.Unlock()
+	if s.slots != nil {
+		<-s.slots
+	}
+}
+
 // window is the measured interval.
 type window struct{ from, to time.Time }
 
@@ -303,23 +322,16 @@ func (m *meter) delivery(f frameInfo, tr *tracker) {
 // s.t0 only once the tracker knows it is acked: settle takes an empty t0 to mean that
 // every ack is in the trackers.
 func (m *meter) ack(s *sender, f frameInfo, tr *tracker) {
-	s.mu.Lock()
-	t0, ok := s.t0[f.id]
-	s.mu.Unlock()
+	t0, ok := s.sentAt(f.id)
 	if !ok {
 		return
 	}
 	tr.ack(f.seq)
-	s.mu.Lock()
-	delete(s.t0, f.id)
-	s.mu.Unlock()
 	if m.win.in(t0) {
 		m.ackH.Record(time.Since(t0))
 		m.acked.Add(1)
 	}
-	if s.slots != nil {
-		<-s.slots
-	}
+	s.answered(f.id)
 }
 
 // send sends one message stamped t0 (in its body) on s.
@@ -506,15 +518,11 @@ func Direct(ctx context.Context, cfg DirectConfig) (DirectResult, error) {
 // refused records an error frame, and if it answers one of s's messages, frees its slot.
 func (m *meter) refused(s *sender, f frameInfo) {
 	m.errs.Add(1)
-	if s == nil || f.id == "" {
+	if s == nil {
 		return
 	}
-	s.mu.Lock()
-	_, ok := s.t0[f.id]
-	delete(s.t0, f.id)
-	s.mu.Unlock()
-	if ok && s.slots != nil {
-		<-s.slots
+	if _, ok := s.sentAt(f.id); ok {
+		s.answered(f.id)
 	}
 }
 
@@ -531,16 +539,8 @@ func settle(trackers []*tracker, senders []*sender, timeout time.Duration) (unan
 		for _, s := range senders {
 			unanswered += s.unanswered()
 		}
-		done := unanswered == 0
-		for _, tr := range trackers {
-			if !done {
-				break
-			}
-			if l, _ := tr.check(); l > 0 {
-				done = false
-			}
-		}
-		if done || !time.Now().Before(deadline) {
+		lost, _ := check(trackers)
+		if unanswered == 0 && lost == 0 || !time.Now().Before(deadline) {
 			return unanswered
 		}
 		time.Sleep(20 * time.Millisecond)
