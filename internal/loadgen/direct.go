@@ -57,19 +57,7 @@ type DirectResult struct {
 	Lost       int `json:"lost"`
 	Duplicates int `json:"duplicates"`
 	Errors     int `json:"errors"`
-	// Unanswered counts sends that got neither an ack nor an error by the end.
-	Unanswered int `json:"unanswered,omitempty"`
-	// LostSeqs names some of the lost messages (pair, seqs), to look them up in the store.
-	LostSeqs string `json:"lost_seqs,omitempty"`
-	// Gaps counts jumps in the seqs a receiver got (the server delivers in order), with the
-	// first: which connection, which seqs, when.
-	Gaps     int    `json:"gaps,omitempty"`
-	FirstGap string `json:"first_gap,omitempty"`
-	// ServerCloses counts connections that ended during the run: closed by the server (a
-	// reader too slow to keep up is cut off, and what it missed counts as lost) or failed,
-	// with the first reason.
-	ServerCloses int    `json:"server_closes,omitempty"`
-	CloseReason  string `json:"close_reason,omitempty"`
+	Faults
 	// Host is how the machine's CPU was spent during the measured window (Linux).
 	Host *HostCPU `json:"host,omitempty"`
 }
@@ -86,37 +74,44 @@ func (r DirectResult) String() string {
   send→deliver %s
   lost %d  duplicates %d  errors %d`,
 		r.Scenario, r.Pairs, mode, r.DurationS, r.AckedPerS, r.Acked, r.DeliveredPerS, r.Delivered,
-		r.SendToAck, r.SendToDeliver, r.Lost, r.Duplicates, r.Errors) + unansweredLine(r.Unanswered) + lostSeqs(r.LostSeqs) +
-		gaps(r.Gaps, r.FirstGap) + closes(r.ServerCloses, r.CloseReason) + r.lateness() + r.Host.String()
+		r.SendToAck, r.SendToDeliver, r.Lost, r.Duplicates, r.Errors) + r.Faults.String() + r.lateness() + r.Host.String()
 }
 
-// closes reports connections that ended during the run, if any.
-func closes(n int, reason string) string {
-	if n == 0 {
-		return ""
-	}
-	return fmt.Sprintf("\n  %d connection(s) ended during the run, the first with %q", n, reason)
+// Faults is what a run found wrong beyond the counts of lost, duplicated and refused
+// messages, and what names it. Direct and group results carry it.
+type Faults struct {
+	// Unanswered counts sends that got neither an ack nor an error by the end.
+	Unanswered int `json:"unanswered,omitempty"`
+	// LostSeqs names some of the lost messages (pair or group, seqs), to look them up in
+	// the store.
+	LostSeqs string `json:"lost_seqs,omitempty"`
+	// Gaps counts jumps in the seqs a receiver got (the server delivers in order), with the
+	// first: which connection, which seqs, when.
+	Gaps     int    `json:"gaps,omitempty"`
+	FirstGap string `json:"first_gap,omitempty"`
+	// ServerCloses counts connections that ended during the run: closed by the server (a
+	// reader too slow to keep up is cut off, and what it missed counts as lost) or failed,
+	// with the first reason.
+	ServerCloses int    `json:"server_closes,omitempty"`
+	CloseReason  string `json:"close_reason,omitempty"`
 }
 
-func gaps(n int, first string) string {
-	if n == 0 {
-		return ""
+// String is a line for each fault found, none when there is none.
+func (f Faults) String() string {
+	var b strings.Builder
+	if f.Unanswered > 0 {
+		fmt.Fprintf(&b, "\n  unanswered %d (sends with neither an ack nor an error)", f.Unanswered)
 	}
-	return fmt.Sprintf("\n  %d jump(s) in the seqs a connection got, the first: %s", n, first)
-}
-
-func unansweredLine(n int) string {
-	if n == 0 {
-		return ""
+	if f.LostSeqs != "" {
+		b.WriteString("\n  lost: " + f.LostSeqs)
 	}
-	return fmt.Sprintf("\n  unanswered %d (sends with neither an ack nor an error)", n)
-}
-
-func lostSeqs(s string) string {
-	if s == "" {
-		return ""
+	if f.Gaps > 0 {
+		fmt.Fprintf(&b, "\n  %d jump(s) in the seqs a connection got, the first: %s", f.Gaps, f.FirstGap)
 	}
-	return "\n  lost: " + s
+	if f.ServerCloses > 0 {
+		fmt.Fprintf(&b, "\n  %d connection(s) ended during the run, the first with %q", f.ServerCloses, f.CloseReason)
+	}
+	return b.String()
 }
 
 func (r DirectResult) lateness() string {
@@ -290,20 +285,17 @@ func (o *seqOrder) next(seq int64) {
 	o.last = max(o.last, seq)
 }
 
-// gapped returns how many jumps the connections' seqs made and the first.
-func (m *meter) gapped() (int, string) {
+// faults gathers what the run found wrong: unanswered sends (from settle), the lost seqs
+// of trackers (each named name and its index), and what the readers saw.
+func (m *meter) faults(trackers []*tracker, unanswered int, name string) Faults {
+	f := Faults{Unanswered: unanswered, LostSeqs: lostDetail(trackers, name)}
 	if r := m.firstGap.Load(); r != nil {
-		return int(m.gaps.Load()), *r
+		f.Gaps, f.FirstGap = int(m.gaps.Load()), *r
 	}
-	return 0, ""
-}
-
-// closed returns the number of connections that ended during the run and the first reason.
-func (m *meter) closed() (int, string) {
 	if r := m.closeReason.Load(); r != nil {
-		return int(m.closes.Load()), *r
+		f.ServerCloses, f.CloseReason = int(m.closes.Load()), *r
 	}
-	return 0, ""
+	return f
 }
 
 // delivery records a message frame received by a member whose messages tr tracks. The body
@@ -508,10 +500,7 @@ func Direct(ctx context.Context, cfg DirectConfig) (DirectResult, error) {
 	res.AckedPerS = float64(res.Acked) / elapsed.Seconds()
 	res.DeliveredPerS = float64(res.Delivered) / elapsed.Seconds()
 	res.Lost, res.Duplicates = check(trackers)
-	res.Unanswered = unanswered
-	res.LostSeqs = lostDetail(trackers, "pair")
-	res.Gaps, res.FirstGap = m.gapped()
-	res.ServerCloses, res.CloseReason = m.closed()
+	res.Faults = m.faults(trackers, unanswered, "pair")
 	return res, nil
 }
 

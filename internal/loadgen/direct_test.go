@@ -59,3 +59,34 @@ func TestSettleWaitsForAnswers(t *testing.T) {
 		t.Fatalf("a send never answered: settle says %d unanswered, want 1", n)
 	}
 }
+
+// TestWhoMissed: a lost seq of a group names the members of that group that did not get
+// it, marking senders, and no member of another group.
+func TestWhoMissed(t *testing.T) {
+	a, b := newTracker(2), newTracker(1)
+	a.ack(7)
+	a.deliver(7) // one of two receivers
+	b.ack(7)
+	b.deliver(7)
+	got := func(seqs ...int64) *seqSet {
+		s := &seqSet{}
+		for _, q := range seqs {
+			s.add(q)
+		}
+		return s
+	}
+	sc := &lconn{}
+	members := []groupMember{
+		{c: sc, tr: a, got: got(7)}, // acked for its own message
+		{c: &lconn{}, tr: a, got: got(7)},
+		{c: &lconn{}, tr: a, got: got(1, 2)},
+		{c: &lconn{}, tr: b, got: got()}, // other group: b lost nothing
+	}
+	if s := whoMissed([]*tracker{a, b}, members, map[*lconn]*sender{sc: {}}); s != "group 0 seq 7 by connections 2" {
+		t.Fatalf("whoMissed = %q", s)
+	}
+	members[2].c = sc
+	if s := whoMissed([]*tracker{a, b}, members, map[*lconn]*sender{sc: {}}); s != "group 0 seq 7 by connections 2 (a sender)" {
+		t.Fatalf("whoMissed = %q", s)
+	}
+}

@@ -30,28 +30,23 @@ type GroupConfig struct {
 
 // GroupResult is what a group run measured.
 type GroupResult struct {
-	Scenario       string   `json:"scenario"`
-	Groups         int      `json:"groups"`
-	Members        int      `json:"members"`
-	Senders        int      `json:"senders"`
-	InFlight       int      `json:"inflight"`
-	DurationS      float64  `json:"duration_s"`
-	Acked          uint64   `json:"acked"`
-	Deliveries     uint64   `json:"deliveries"`
-	AckedPerS      float64  `json:"acked_per_s"`
-	DeliveriesPerS float64  `json:"deliveries_per_s"`
-	SendToAck      Summary  `json:"send_to_ack"`
-	FanOut         Summary  `json:"send_to_deliver"`
-	Lost           int      `json:"lost"`
-	Duplicates     int      `json:"duplicates"`
-	Errors         int      `json:"errors"`
-	Unanswered     int      `json:"unanswered,omitempty"` // see DirectResult
-	LostSeqs       string   `json:"lost_seqs,omitempty"`  // see DirectResult
-	Gaps           int      `json:"gaps,omitempty"`
-	FirstGap       string   `json:"first_gap,omitempty"`
-	Host           *HostCPU `json:"host,omitempty"`          // the machine's CPU during the window (Linux)
-	ServerCloses   int      `json:"server_closes,omitempty"` // see DirectResult
-	CloseReason    string   `json:"close_reason,omitempty"`
+	Scenario       string  `json:"scenario"`
+	Groups         int     `json:"groups"`
+	Members        int     `json:"members"`
+	Senders        int     `json:"senders"`
+	InFlight       int     `json:"inflight"`
+	DurationS      float64 `json:"duration_s"`
+	Acked          uint64  `json:"acked"`
+	Deliveries     uint64  `json:"deliveries"`
+	AckedPerS      float64 `json:"acked_per_s"`
+	DeliveriesPerS float64 `json:"deliveries_per_s"`
+	SendToAck      Summary `json:"send_to_ack"`
+	FanOut         Summary `json:"send_to_deliver"`
+	Lost           int     `json:"lost"`
+	Duplicates     int     `json:"duplicates"`
+	Errors         int     `json:"errors"`
+	Faults
+	Host *HostCPU `json:"host,omitempty"` // the machine's CPU during the window (Linux)
 }
 
 func (r GroupResult) String() string {
@@ -62,8 +57,7 @@ func (r GroupResult) String() string {
   send→deliver %s
   lost %d  duplicates %d  errors %d`,
 		r.Groups, r.Members, r.Senders, r.InFlight, r.DurationS, r.AckedPerS, r.Acked, r.DeliveriesPerS, r.Deliveries,
-		r.SendToAck, r.FanOut, r.Lost, r.Duplicates, r.Errors) + unansweredLine(r.Unanswered) + lostSeqs(r.LostSeqs) + gaps(r.Gaps, r.FirstGap) +
-		closes(r.ServerCloses, r.CloseReason) + r.Host.String()
+		r.SendToAck, r.FanOut, r.Lost, r.Duplicates, r.Errors) + r.Faults.String() + r.Host.String()
 }
 
 // Group runs the group scenario against cfg.URL.
@@ -85,13 +79,8 @@ func Group(ctx context.Context, cfg GroupConfig) (GroupResult, error) {
 			c.close()
 		}
 	}()
-	type member struct {
-		c   *lconn
-		tr  *tracker
-		got *seqSet // seqs it received, or was acked for: to name who missed a lost one
-	}
 	var senders []*sender
-	var receivers []member
+	var receivers []groupMember
 	var trackers []*tracker
 	for g := range cfg.Groups {
 		us := users[g*cfg.Members : (g+1)*cfg.Members]
@@ -113,7 +102,7 @@ func Group(ctx context.Context, cfg GroupConfig) (GroupResult, error) {
 				return GroupResult{}, fmt.Errorf("connect: %w", err)
 			}
 			conns = append(conns, c)
-			receivers = append(receivers, member{c, tr, &seqSet{}})
+			receivers = append(receivers, groupMember{c, tr, &seqSet{}})
 			if i < cfg.Senders {
 				senders = append(senders, &sender{c: c, conv: conv.ID, t0: map[string]time.Time{}, slots: make(chan struct{}, cfg.InFlight)})
 			}
@@ -178,31 +167,41 @@ func Group(ctx context.Context, cfg GroupConfig) (GroupResult, error) {
 	res.AckedPerS = float64(res.Acked) / elapsed.Seconds()
 	res.DeliveriesPerS = float64(res.Deliveries) / elapsed.Seconds()
 	res.Lost, res.Duplicates = check(trackers)
-	res.Unanswered = unanswered
-	res.LostSeqs = lostDetail(trackers, "group")
-	// Who missed them: the members of the group of each of a few lost seqs.
+	res.Faults = m.faults(trackers, unanswered, "group")
+	if missed := whoMissed(trackers, receivers, isSender); missed != "" {
+		res.LostSeqs += "; missed: " + missed
+	}
+	return res, nil
+}
+
+// groupMember is one member's connection in a group run.
+type groupMember struct {
+	c   *lconn
+	tr  *tracker // its group's
+	got *seqSet  // seqs it received, or was acked for: to name who missed a lost one
+}
+
+// whoMissed names, for the first lost seqs of each group, the member connections that did
+// not get them (members are listed group after group, as trackers are).
+func whoMissed(trackers []*tracker, members []groupMember, isSender map[*lconn]*sender) string {
 	var missed []string
 	for g, tr := range trackers {
 		for _, seq := range tr.lostSeqs(2) {
 			var who []string
-			for k, mem := range receivers[g*cfg.Members : (g+1)*cfg.Members] {
-				if !mem.got.has(seq) {
-					role := ""
-					if isSender[mem.c] != nil {
-						role = " (a sender)"
-					}
-					who = append(who, fmt.Sprintf("%d%s", g*cfg.Members+k, role))
+			for k, mem := range members {
+				if mem.tr != tr || mem.got.has(seq) {
+					continue
 				}
+				role := ""
+				if isSender[mem.c] != nil {
+					role = " (a sender)"
+				}
+				who = append(who, fmt.Sprintf("%d%s", k, role))
 			}
 			missed = append(missed, fmt.Sprintf("group %d seq %d by connections %s", g, seq, strings.Join(who, ", ")))
 		}
 	}
-	if len(missed) > 0 {
-		res.LostSeqs += "; missed: " + strings.Join(missed, "; ")
-	}
-	res.Gaps, res.FirstGap = m.gapped()
-	res.ServerCloses, res.CloseReason = m.closed()
-	return res, nil
+	return strings.Join(missed, "; ")
 }
 
 // seqSet is a set of seqs (from 1), as bits.
