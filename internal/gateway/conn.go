@@ -98,12 +98,7 @@ func (c *Conn) readReady() {
 		if n == len(*bp) || (n > 0 && c.hup.Load()) {
 			continue // the buffer is full, or the peer hung up: there is more, or the end
 		}
-		again, err := c.g.poll.drained(c)
-		if err != nil {
-			c.close(ws.StatusInternalServerError, "poller")
-			return
-		}
-		if !again {
+		if !c.g.poll.drained(c) {
 			return
 		}
 	}

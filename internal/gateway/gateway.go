@@ -89,7 +89,7 @@ func (c Config) withDefaults() Config {
 // that the same goroutine should read.
 type poller interface {
 	add(c *Conn) error
-	drained(c *Conn) (again bool, err error)
+	drained(c *Conn) (again bool)
 	remove(c *Conn)
 	close()
 }

@@ -113,12 +113,12 @@ func (p *epoll) wake(c *Conn) bool {
 
 // drained ends a reader's turn, unless bytes were reported while it read: then it reads
 // again (the bytes may be those it has read already; the next read then finds nothing).
-func (p *epoll) drained(c *Conn) (bool, error) {
+func (p *epoll) drained(c *Conn) bool {
 	if c.rstate.CompareAndSwap(readBusy, readIdle) {
-		return false, nil
+		return false
 	}
 	c.rstate.Store(readBusy)
-	return true, nil
+	return true
 }
 
 func (p *epoll) remove(c *Conn) {

@@ -32,7 +32,7 @@ func (p *goroutinePoller) add(c *Conn) error {
 	return nil
 }
 
-func (p *goroutinePoller) drained(c *Conn) (bool, error) {
+func (p *goroutinePoller) drained(c *Conn) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if ch := p.resume[c.id]; ch != nil {
@@ -41,7 +41,7 @@ func (p *goroutinePoller) drained(c *Conn) (bool, error) {
 		default:
 		}
 	}
-	return false, nil
+	return false
 }
 
 func (p *goroutinePoller) remove(c *Conn) {
