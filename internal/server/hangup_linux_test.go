@@ -25,8 +25,9 @@ func TestHangUpWithLastFrame(t *testing.T) {
 	alice, bob := ts.signup("alice"), ts.signup("bob")
 	conv := ts.direct(alice, bob)
 	c := ts.dialRaw(alice.AccessToken)
-	for ts.gateway.Len() != 1 {
-		time.Sleep(time.Millisecond)
+	// It has read ready, so it is registered (TestReadyMeansRegistered).
+	if got := ts.gateway.Len(); got != 1 {
+		t.Fatalf("connections registered: %d, want 1", got)
 	}
 	tc := c.nc.(*net.TCPConn)
 	rc, err := tc.SyscallConn()

@@ -289,9 +289,7 @@ func TestCommitPacing(t *testing.T) {
 	c := ts.dialRaw(alice.AccessToken)
 	start := time.Now()
 	for i := range n {
-		id := uuid.NewString()
-		c.send(protocol.ClientFrame{Type: "send", ID: id, ConversationID: conv.ID, Body: fmt.Sprint("m", i)})
-		if ack := c.readType(protocol.FrameAck); ack.ID != id || ack.Seq != int64(i+1) {
+		if ack := c.sendAck(conv.ID, fmt.Sprint("m", i)); ack.Seq != int64(i+1) {
 			t.Fatalf("send %d: ack %+v", i, ack)
 		}
 	}
