@@ -126,13 +126,12 @@ func bench(ctx context.Context, args []string) error {
 			if *users == 0 {
 				*users = *conns
 			}
-			exe, err := os.Executable()
+			worker, err := workerCommand("idle-worker")
 			if err != nil {
 				return nil, err
 			}
 			res, err := loadgen.Idle(ctx, loadgen.IdleConfig{URL: url, Conns: *conns, Users: *users, Hold: *hold, ServerPID: pid,
-				SourceIPs: bf.sourceIPs(), Procs: *procs, Settle: *settle,
-				Worker: func() *exec.Cmd { return exec.Command(exe, "bench", "idle-worker") }})
+				SourceIPs: bf.sourceIPs(), Procs: *procs, Settle: *settle, Worker: worker})
 			if err != nil {
 				return nil, err // a figure from a failed hold is not one
 			}
@@ -143,13 +142,12 @@ func bench(ctx context.Context, args []string) error {
 		messages := fs.Int("messages", 1, "messages each client sends its partner before the drop")
 		procs := fs.Int("procs", 0, fmt.Sprintf("worker processes holding the clients (default: one per %d)", loadgen.ClientsPerProc))
 		run = func(url string, pid int) (fmt.Stringer, error) {
-			exe, err := os.Executable()
+			worker, err := workerCommand("reconnect-worker")
 			if err != nil {
 				return nil, err
 			}
 			res, err := loadgen.Reconnect(ctx, loadgen.ReconnectConfig{URL: url, Clients: *clients, Messages: *messages,
-				SourceIPs: bf.sourceIPs(), ServerPID: pid, Procs: *procs,
-				Worker: func() *exec.Cmd { return exec.Command(exe, "bench", "reconnect-worker") }})
+				SourceIPs: bf.sourceIPs(), ServerPID: pid, Procs: *procs, Worker: worker})
 			return res, checked(err, res.Missing, 0, 0)
 		}
 	default:
@@ -182,6 +180,16 @@ func bench(ctx context.Context, args []string) error {
 		}
 	}
 	return err
+}
+
+// workerCommand returns what makes a worker process of a scenario: this binary's
+// `bench <name>`.
+func workerCommand(name string) (func() *exec.Cmd, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	return func() *exec.Cmd { return exec.Command(exe, "bench", name) }, nil
 }
 
 // checked turns a run's correctness figures into its error.
