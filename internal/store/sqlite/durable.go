@@ -38,10 +38,12 @@ type walSyncer struct {
 	f       *os.File
 	fi      os.FileInfo // of f, to notice the WAL being replaced
 	written uint64      // commits that have finished writing their frames (or failed)
-	synced  uint64      // commits known to be on stable storage
 	closed  bool
 	changed chan struct{} // closed (and replaced) whenever synced, err or closed changes
 
+	// synced counts the commits known to be on stable storage. Set under mu; atomic so
+	// that wait, which every read calls, takes no lock when there is nothing to wait for.
+	synced atomic.Uint64
 	// err is a failed sync: sticky, since the kernel may have dropped the pages. Set under
 	// mu; atomic so that failed, which every store call asks, takes no lock.
 	err atomic.Pointer[error]
@@ -122,9 +124,12 @@ func (w *walSyncer) commit(fn func() error) (uint64, error) {
 // not take a context: a sync is bounded by the disk, and a caller that gave up could not
 // tell whether its write was durable.
 func (w *walSyncer) wait(n uint64) error {
+	if w.synced.Load() >= n {
+		return nil // the usual case for a read
+	}
 	for {
 		w.mu.Lock()
-		synced, err, closed, ch := w.synced, w.failed(), w.closed, w.changed
+		synced, err, closed, ch := w.synced.Load(), w.failed(), w.closed, w.changed
 		w.mu.Unlock()
 		switch {
 		case synced >= n:
@@ -180,7 +185,7 @@ func (w *walSyncer) round() {
 	}
 	w.mu.Lock()
 	target := w.written
-	if target <= w.synced || w.failed() != nil {
+	if target <= w.synced.Load() || w.failed() != nil {
 		w.mu.Unlock()
 		return
 	}
@@ -194,7 +199,7 @@ func (w *walSyncer) round() {
 		err = fmt.Errorf("WAL sync failed, the store refuses every call from now on: %w", err)
 		w.err.Store(&err)
 	} else {
-		w.synced = target
+		w.synced.Store(target)
 	}
 	w.broadcast()
 	w.mu.Unlock()

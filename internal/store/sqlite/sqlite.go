@@ -342,10 +342,18 @@ func (s *Store) leave() { s.mu.RUnlock() }
 // could take back is ever shown; after a failed sync *err becomes that error instead of
 // the answer, as with read. Deferred, with err the method's named result.
 func (s *Store) leaveRead(err *error) {
-	if serr := s.sync.seen(); serr != nil && *err == nil {
-		*err = serr
-	}
+	*err = s.answered(*err)
 	s.mu.RUnlock()
+}
+
+// answered is the end of every read: it waits until every commit the read may have seen is
+// durable, and returns the read's result, err, or after a failed sync that failure in
+// place of an answer.
+func (s *Store) answered(err error) error {
+	if serr := s.sync.seen(); err == nil {
+		return serr
+	}
+	return err
 }
 
 // inTx runs fn in a transaction on db and commits it if fn returns nil. On the writer the
@@ -370,8 +378,7 @@ func (s *Store) write(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	if err != nil {
 		// The failure may rest on what earlier commits wrote (a username taken by a user
 		// not yet synced): it is as much an answer as a read's, and waits the same way.
-		_ = s.sync.seen()
-		return err
+		return s.answered(err)
 	}
 	return s.sync.wait(n)
 }
@@ -402,11 +409,7 @@ func (s *Store) wtx(tx *sql.Tx) cached { return cached{c: s.wc, tx: tx} }
 // an error (a "not found" rests on the snapshot too); after a failed sync it returns that
 // error instead of the answer. Methods that read only through it leave with s.leave.
 func (s *Store) read(ctx context.Context, fn func(tx *sql.Tx) error) error {
-	err := inTx(ctx, s.reader, fn)
-	if serr := s.sync.seen(); err == nil {
-		err = serr
-	}
-	return err
+	return s.answered(inTx(ctx, s.reader, fn))
 }
 
 // bumpVersion increments the global sync version and returns the new value. Every write
