@@ -7,6 +7,7 @@ package server
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +16,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync/atomic"
 	"time"
 
@@ -67,7 +69,10 @@ type Server struct {
 	http    *http.Server
 	ln      net.Listener
 	debug   *http.Server // pprof, when Config.DebugListen is set
-	ready   atomic.Bool
+	// storeStats returns the store's own figures for the debug listener (the SQLite
+	// store's WAL checkpointer).
+	storeStats func() any
+	ready      atomic.Bool
 }
 
 // New opens (creating them if needed) the store and the bus under cfg.Data, builds every
@@ -100,11 +105,12 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	}()
 
 	start := time.Now()
-	st, err := sqlite.Open(ctx, filepath.Join(cfg.Data, "parley.db"))
+	st, err := sqlite.Open(ctx, filepath.Join(cfg.Data, "parley.db"), sqlite.Options{Log: log.With("component", "store")})
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
 	s.store = st
+	s.storeStats = func() any { return st.WALStats() }
 	undo = append(undo, func() { _ = st.Close() })
 
 	if cfg.NATSURL != "" {
@@ -191,6 +197,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		dmux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 		dmux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 		dmux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		dmux.HandleFunc("/debug/parley", s.debugStats)
 		s.debug = &http.Server{Handler: dmux, ReadHeaderTimeout: 10 * time.Second}
 		go func() { _ = s.debug.Serve(dln) }()
 		log.Info("debug server", "listen", dln.Addr().String())
@@ -199,6 +206,16 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		"bus", map[bool]string{true: "nats " + cfg.NATSURL, false: "embedded nats"}[cfg.NATSURL != ""],
 		"startup_ms", time.Since(start).Milliseconds())
 	return s, nil
+}
+
+// debugStats answers the debug listener's /debug/parley: figures that a soak watches for
+// growth (`parley bench soak`).
+func (s *Server) debugStats(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(struct {
+		Goroutines int `json:"goroutines"`
+		Store      any `json:"store"`
+	}{runtime.NumGoroutine(), s.storeStats()})
 }
 
 // Addr is the address the server listens on (useful with port 0).

@@ -94,7 +94,7 @@ func (vs *viewStmts) membersOf(ctx context.Context, tx *sql.Tx, id string) ([]pr
 
 // messageAt returns one event in its current state (reactions included), or store.ErrNotFound.
 func (vs *viewStmts) messageAt(ctx context.Context, tx *sql.Tx, conversationID string, seq int64) (protocol.Message, error) {
-	m, err := scanMessage(tx.StmtContext(ctx, vs.message).QueryRowContext(ctx, conversationID, seq))
+	m, err := scanMessage(conversationID, tx.StmtContext(ctx, vs.message).QueryRowContext(ctx, conversationID, seq))
 	if errors.Is(err, sql.ErrNoRows) {
 		return protocol.Message{}, fmt.Errorf("message %d of conversation %q: %w", seq, conversationID, store.ErrNotFound)
 	}
@@ -154,11 +154,12 @@ func (vs *viewStmts) attachReactions(ctx context.Context, tx *sql.Tx, conversati
 	return rows.Err()
 }
 
-func scanMessage(sc interface{ Scan(...any) error }) (protocol.Message, error) {
-	var m protocol.Message
+// scanMessage reads a row of msgCols, a message of the conversation convID.
+func scanMessage(convID string, sc interface{ Scan(...any) error }) (protocol.Message, error) {
+	m := protocol.Message{ConversationID: convID}
 	var remove, deleted int
 	var attachments, system []byte
-	err := sc.Scan(&m.ConversationID, &m.Seq, &m.ID, &m.SenderID, &m.Kind, &m.Body, &m.ReplyTo,
+	err := sc.Scan(&m.Seq, &m.ID, &m.SenderID, &m.Kind, &m.Body, &m.ReplyTo,
 		&m.TargetSeq, &m.Emoji, &remove, &attachments, &system, &m.TS, &m.EditedTS, &deleted)
 	if err != nil {
 		return protocol.Message{}, err
@@ -209,12 +210,7 @@ func (s *Store) CreateDirect(ctx context.Context, id, a, b string, ts int64) (pr
 			if err != nil {
 				return err
 			}
-			if _, err := s.wtx(tx).ExecContext(ctx, `INSERT INTO conversations
-				(id, type, name, direct_key, last_seq, last_text_seq, created_ts, updated_ts, version)
-				VALUES (?, ?, '', ?, 0, 0, ?, ?, ?)`, id, protocol.Direct, key, ts, ts, v); err != nil {
-				if isConstraint(err) {
-					return fmt.Errorf("conversation %q: %w", id, store.ErrConflict)
-				}
+			if err := s.insertConversation(ctx, tx, id, protocol.Direct, "", key, 0, ts, v); err != nil {
 				return err
 			}
 			users := []string{a, b}
@@ -237,6 +233,25 @@ func (s *Store) CreateDirect(ctx context.Context, id, a, b string, ts int64) (pr
 		return protocol.Conversation{}, false, wrap(op, err)
 	}
 	return c, created, nil
+}
+
+// insertConversation stores a new conversation and its head, numbered one past the highest
+// number so far (writes are serialised: no other transaction can take it meanwhile).
+// directKey is nil for a group. ErrConflict if the id (or the direct pair) exists.
+func (s *Store) insertConversation(ctx context.Context, tx *sql.Tx, id, typ, name string, directKey any, lastSeq, ts, version int64) error {
+	var num int64
+	err := s.wtx(tx).QueryRowContext(ctx, `INSERT INTO conversations (id, num, type, name, direct_key, created_ts)
+		VALUES (?, (SELECT coalesce(max(num), 0) + 1 FROM conversations), ?, ?, ?, ?) RETURNING num`,
+		id, typ, name, directKey, ts).Scan(&num)
+	if isConstraint(err) {
+		return fmt.Errorf("conversation %q: %w", id, store.ErrConflict)
+	}
+	if err != nil {
+		return err
+	}
+	_, err = s.wtx(tx).ExecContext(ctx, `INSERT INTO heads (num, last_seq, last_text_seq, updated_ts, version)
+		VALUES (?, ?, 0, ?, ?)`, num, lastSeq, ts, version)
+	return err
 }
 
 // insertMember adds m to the conversation unless it is a member already, with both receipt
@@ -263,8 +278,8 @@ func (s *Store) insertSystem(ctx context.Context, tx *sql.Tx, m protocol.Message
 		return err
 	}
 	_, err = s.wtx(tx).ExecContext(ctx, `INSERT INTO messages
-		(conversation_id, seq, client_id, sender_id, kind, body, system, ts)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+		(conv, seq, client_id, sender_id, kind, body, system, ts)
+		VALUES (`+convNum+`, ?, ?, ?, ?, ?, ?, ?)`,
 		m.ConversationID, m.Seq, m.ID, m.SenderID, protocol.KindSystem, m.Body, string(ev), m.TS)
 	if isConstraint(err) {
 		return fmt.Errorf("system event %q of %q: %w", m.ID, m.SenderID, store.ErrConflict)
@@ -324,12 +339,7 @@ func (s *Store) CreateGroup(ctx context.Context, c protocol.Conversation, creato
 		if err != nil {
 			return err
 		}
-		if _, err := s.wtx(tx).ExecContext(ctx, `INSERT INTO conversations
-			(id, type, name, direct_key, last_seq, last_text_seq, created_ts, updated_ts, version)
-			VALUES (?, ?, ?, NULL, 1, 0, ?, ?, ?)`, c.ID, protocol.Group, c.Name, ts, ts, v); err != nil {
-			if isConstraint(err) {
-				return fmt.Errorf("conversation %q: %w", c.ID, store.ErrConflict)
-			}
+		if err := s.insertConversation(ctx, tx, c.ID, protocol.Group, c.Name, nil, 1, ts, v); err != nil {
 			return err
 		}
 		for _, m := range members {
@@ -367,10 +377,11 @@ func (s *Store) ChangeMembership(ctx context.Context, id string, ts int64, fn st
 	defer s.hot.forget(id) // its head and members may have changed
 	err := s.write(ctx, func(tx *sql.Tx) error {
 		var c protocol.Conversation
-		var lastText int64
-		err := s.wtx(tx).QueryRowContext(ctx, `SELECT id, type, name, last_seq, last_text_seq, created_ts, updated_ts
-			FROM conversations WHERE id = ?`, id).
-			Scan(&c.ID, &c.Type, &c.Name, &c.LastSeq, &lastText, &c.CreatedTS, &c.UpdatedTS)
+		var lastText, num int64
+		err := s.wtx(tx).QueryRowContext(ctx, `SELECT c.id, c.type, c.name, h.last_seq, h.last_text_seq, c.created_ts,
+			h.updated_ts, c.num
+			FROM conversations c JOIN heads h ON h.num = c.num WHERE c.id = ?`, id).
+			Scan(&c.ID, &c.Type, &c.Name, &c.LastSeq, &lastText, &c.CreatedTS, &c.UpdatedTS, &num)
 		if errors.Is(err, sql.ErrNoRows) {
 			return fmt.Errorf("conversation %q: %w", id, store.ErrNotFound)
 		}
@@ -433,8 +444,8 @@ func (s *Store) ChangeMembership(ctx context.Context, id string, ts int64, fn st
 		if err := s.insertSystem(ctx, tx, msg); err != nil {
 			return err
 		}
-		_, err = s.wtx(tx).ExecContext(ctx, `UPDATE conversations SET last_seq = ?, updated_ts = ?, version = ? WHERE id = ?`,
-			seq, ts, v, id)
+		_, err = s.wtx(tx).ExecContext(ctx, `UPDATE heads SET last_seq = ?, updated_ts = ?, version = ? WHERE num = ?`,
+			seq, ts, v, num)
 		return err
 	})
 	if fnErr != nil {
@@ -482,10 +493,10 @@ func (s *Store) ConversationsOf(ctx context.Context, userID, cursor string, limi
 		if err != nil {
 			return nil, "", fmt.Errorf("sqlite: %s: %w", op, err)
 		}
-		q += ` AND (c.updated_ts, c.id) < (?, ?)`
+		q += ` AND (h.updated_ts, c.id) < (?, ?)`
 		args = append(args, ts, id)
 	}
-	q += ` ORDER BY c.updated_ts DESC, c.id DESC LIMIT ?`
+	q += ` ORDER BY h.updated_ts DESC, c.id DESC LIMIT ?`
 	args = append(args, limit+1)
 
 	var cs []protocol.Conversation
@@ -578,7 +589,7 @@ func (s *Store) MemberIDs(ctx context.Context, id string) ([]string, error) {
 // IsMember implements store.Conversations.
 func (s *Store) IsMember(ctx context.Context, id, userID string) (_ bool, err error) {
 	const op = "is member"
-	if err := s.enter(op); err != nil {
+	if err := s.enterRead(op); err != nil {
 		return false, err
 	}
 	defer s.leaveRead(&err)

@@ -6,6 +6,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/parley-chat/parley/internal/store"
 )
@@ -56,6 +57,9 @@ type walSyncer struct {
 	wake chan struct{} // cap 1: there are written commits to sync
 	stop chan struct{}
 	done chan struct{}
+
+	// syncs counts the WAL syncs, and syncMax is the longest, in nanoseconds.
+	syncs, syncMax atomic.Int64
 
 	// beforeSync, if set (tests), runs at the start of every sync round.
 	beforeSync atomic.Pointer[func()]
@@ -192,7 +196,13 @@ func (w *walSyncer) round() {
 	f, err := w.current()
 	w.mu.Unlock()
 	if err == nil {
+		start := time.Now()
 		err = syncData(f)
+		took := int64(time.Since(start))
+		w.syncs.Add(1)
+		if took > w.syncMax.Load() {
+			w.syncMax.Store(took) // only the loop stores it
+		}
 	}
 	w.mu.Lock()
 	if err != nil {

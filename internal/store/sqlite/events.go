@@ -19,6 +19,7 @@ var errNothingStored = errors.New("nothing stored")
 
 // head is a conversation's log head as an Append batch advances it.
 type head struct {
+	num                             int64 // the conversation's number: its key in the log
 	lastSeq, lastTextSeq, updatedTS int64
 	touched                         bool
 }
@@ -104,7 +105,7 @@ func (s *Store) AppendCommitted(ctx context.Context, reqs []store.AppendRequest)
 			if !h.touched {
 				continue
 			}
-			if _, err := b.w.setHead.ExecContext(b.ctx, h.lastSeq, h.lastTextSeq, h.updatedTS, v, id); err != nil {
+			if _, err := b.w.setHead.ExecContext(b.ctx, h.lastSeq, h.lastTextSeq, h.updatedTS, v, h.num); err != nil {
 				return fmt.Errorf("conversation %q: %w", id, err)
 			}
 		}
@@ -179,7 +180,7 @@ func (b *batch) append(r store.AppendRequest) (store.AppendResult, error) {
 			r.ReplyTo, r.ConversationID, h.lastSeq, store.ErrNotFound)}, nil
 	}
 	if r.Kind != protocol.KindText {
-		ok, err := b.validTarget(r.ConversationID, r.TargetSeq)
+		ok, err := b.validTarget(h.num, r.TargetSeq)
 		if err != nil {
 			return store.AppendResult{}, err
 		}
@@ -194,7 +195,7 @@ func (b *batch) append(r store.AppendRequest) (store.AppendResult, error) {
 	if len(r.Attachments) > 0 {
 		attachments = r.Attachments
 	}
-	res, err := b.w.insert.ExecContext(b.ctx, r.ConversationID, seq, r.ClientID, r.SenderID, r.Kind, r.Body,
+	res, err := b.w.insert.ExecContext(b.ctx, h.num, seq, r.ClientID, r.SenderID, r.Kind, r.Body,
 		r.ReplyTo, r.TargetSeq, r.Emoji, boolInt(r.Remove), attachments, nil, r.TS)
 	if err != nil {
 		return store.AppendResult{}, err
@@ -211,7 +212,7 @@ func (b *batch) append(r store.AppendRequest) (store.AppendResult, error) {
 		return res, err
 	}
 
-	if err := b.apply(r, seq); err != nil {
+	if err := b.apply(r, h.num, seq); err != nil {
 		return store.AppendResult{}, err
 	}
 	h.lastSeq = seq
@@ -237,21 +238,22 @@ func (b *batch) append(r store.AppendRequest) (store.AppendResult, error) {
 	}}, nil
 }
 
-// apply makes an edit, delete or reaction stored as seq take effect on its target.
-func (b *batch) apply(r store.AppendRequest, seq int64) error {
+// apply makes an edit, delete or reaction stored as seq in conversation conv (its number)
+// take effect on its target.
+func (b *batch) apply(r store.AppendRequest, conv, seq int64) error {
 	var err error
 	switch r.Kind {
 	case protocol.KindEdit:
-		_, err = b.w.edit.ExecContext(b.ctx, r.Body, r.TS, r.ConversationID, r.TargetSeq)
+		_, err = b.w.edit.ExecContext(b.ctx, r.Body, r.TS, conv, r.TargetSeq)
 	case protocol.KindDelete:
-		if _, err = b.w.del.ExecContext(b.ctx, r.ConversationID, r.TargetSeq); err == nil {
-			_, err = b.w.dropReactions.ExecContext(b.ctx, r.ConversationID, r.TargetSeq)
+		if _, err = b.w.del.ExecContext(b.ctx, conv, r.TargetSeq); err == nil {
+			_, err = b.w.dropReactions.ExecContext(b.ctx, conv, r.TargetSeq)
 		}
 	case protocol.KindReaction:
 		if r.Remove {
-			_, err = b.w.unreact.ExecContext(b.ctx, r.ConversationID, r.TargetSeq, r.Emoji, r.SenderID)
+			_, err = b.w.unreact.ExecContext(b.ctx, conv, r.TargetSeq, r.Emoji, r.SenderID)
 		} else {
-			_, err = b.w.react.ExecContext(b.ctx, r.ConversationID, r.TargetSeq, r.Emoji, r.SenderID, seq)
+			_, err = b.w.react.ExecContext(b.ctx, conv, r.TargetSeq, r.Emoji, r.SenderID, seq)
 		}
 	}
 	return err
@@ -301,7 +303,7 @@ func (b *batch) head(conv string) (*head, error) {
 	h := &head{}
 	if cached, ok := b.s.hot.head(conv); ok {
 		*h = cached
-	} else if err := b.w.head.QueryRowContext(b.ctx, conv).Scan(&h.lastSeq, &h.lastTextSeq, &h.updatedTS); err != nil {
+	} else if err := b.w.head.QueryRowContext(b.ctx, conv).Scan(&h.num, &h.lastSeq, &h.lastTextSeq, &h.updatedTS); err != nil {
 		return nil, fmt.Errorf("conversation %q: %w", conv, err)
 	}
 	b.heads[conv] = h
@@ -309,8 +311,9 @@ func (b *batch) head(conv string) (*head, error) {
 	return h, nil
 }
 
-// validTarget reports whether seq is a text message of the conversation that is not deleted.
-func (b *batch) validTarget(conv string, seq int64) (bool, error) {
+// validTarget reports whether seq is a text message of the conversation numbered conv that
+// is not deleted.
+func (b *batch) validTarget(conv, seq int64) (bool, error) {
 	var kind string
 	var deleted bool
 	err := b.w.target.QueryRowContext(b.ctx, conv, seq).Scan(&kind, &deleted)
@@ -355,7 +358,7 @@ func (s *Store) Messages(ctx context.Context, conversationID, userID string, bef
 		if err != nil {
 			return err
 		}
-		ms, err = scanMessages(rows)
+		ms, err = scanMessages(conversationID, rows)
 		if err != nil {
 			return err
 		}
@@ -376,11 +379,11 @@ func (s *Store) Messages(ctx context.Context, conversationID, userID string, bef
 	return ms, more, nil
 }
 
-func scanMessages(rows *sql.Rows) ([]protocol.Message, error) {
+func scanMessages(convID string, rows *sql.Rows) ([]protocol.Message, error) {
 	defer rows.Close()
 	ms := []protocol.Message{}
 	for rows.Next() {
-		m, err := scanMessage(rows)
+		m, err := scanMessage(convID, rows)
 		if err != nil {
 			return nil, err
 		}
@@ -442,8 +445,8 @@ func (s *Store) SetCursors(ctx context.Context, ups []store.CursorUpdate) ([]sto
 			}
 			var read, delivered, readTS, deliveredTS, last int64
 			err := s.wtx(tx).QueryRowContext(ctx, `SELECT m.last_read_seq, m.last_delivered_seq, m.last_read_ts,
-				m.last_delivered_ts, c.last_seq
-				FROM members m JOIN conversations c ON c.id = m.conversation_id
+				m.last_delivered_ts, h.last_seq
+				FROM members m JOIN conversations c ON c.id = m.conversation_id JOIN heads h ON h.num = c.num
 				WHERE m.conversation_id = ? AND m.user_id = ?`, u.ConversationID, u.UserID).
 				Scan(&read, &delivered, &readTS, &deliveredTS, &last)
 			if errors.Is(err, sql.ErrNoRows) {
@@ -505,8 +508,8 @@ func (s *Store) Sync(ctx context.Context, userID string, since int64) ([]protoco
 		if err := s.rtx(tx).QueryRowContext(ctx, `SELECT version FROM meta`).Scan(&next); err != nil {
 			return err
 		}
-		rs, err := s.queryConvRows(ctx, tx, convSelect+` WHERE m.user_id = ? AND (c.version > ? OR m.version > ?)
-			ORDER BY c.updated_ts DESC, c.id DESC`, userID, since, since)
+		rs, err := s.queryConvRows(ctx, tx, convSelect+` WHERE m.user_id = ? AND (h.version > ? OR m.version > ?)
+			ORDER BY h.updated_ts DESC, c.id DESC`, userID, since, since)
 		if err != nil {
 			return err
 		}

@@ -14,6 +14,14 @@
 // next transaction while walSyncer syncs the WAL; Append's callers (the chat sequencer) can
 // use that to overlap one batch's sync with the next batch's transaction, and reads never
 // show a commit before it is synced.
+//
+// What it keeps, and its bounds: on disk the database and a WAL of at most about
+// Options.WALSizeLimit, restarted by the checkpointer (wal.go); in memory SQLite's page
+// caches (writerCacheKiB for the writer, readerCacheKiB for each of the readerConns readers,
+// SQLite's default 2 MiB for the checkpointer), the WAL index (a few KiB per MiB of WAL), the
+// writer's hot cache of log heads and memberships (maxHot conversations) and two caches of
+// prepared statements (maxCachedStmts each). A cache's bound is in bytes of pages; each page
+// also costs SQLite a header of about 200 bytes.
 package sqlite
 
 import (
@@ -45,6 +53,14 @@ var migrationFiles embed.FS
 // WAL mode; a handful covers the server's concurrent history and sync reads.
 const readerConns = 4
 
+// The page caches, in KiB (SQLite's cache_size with a minus sign): the writer's holds the
+// pages every batch goes through (each conversation's end of the log, the indexes' right
+// edges, the heads); each reader's the pages of recent history.
+const (
+	writerCacheKiB = 65536
+	readerCacheKiB = 16384
+)
+
 // defaultLimit is the page size used when a caller passes a limit <= 0.
 const defaultLimit = 50
 
@@ -58,13 +74,21 @@ type Store struct {
 	writer *sql.DB    // one connection: every write, serialised
 	sync   *walSyncer // makes the writer's commits durable
 	reader *sql.DB    // query-only pool
-	ckpt   *sql.DB    // one connection for the background checkpointer
+	// readGate is held shared by every use of the reader pool and exclusively by the
+	// checkpointer while it restarts the WAL (wal.go): a restart must wait until no reader
+	// is on the WAL, and readers that come and go without pause can keep that moment from
+	// ever arriving (seen here: one restart in a few hundred waited out its whole limit
+	// with one reader looping). Reads wait a restart out instead, about 2 ms.
+	readGate sync.RWMutex
+	ckpt     *sql.DB // one connection for the background checkpointer
 
 	// writeMu is held by the writes that the hot cache describes (Append, ChangeMembership)
 	// for their transaction and their cache update together.
 	writeMu sync.Mutex
 	hot     *hotCache
 
+	opts     Options
+	wal      walState      // the checkpointer's figures (wal.go)
 	stopCkpt chan struct{} // closed by Close to stop the checkpointer
 	ckptDone chan struct{} // closed when the checkpointer has returned
 
@@ -82,23 +106,27 @@ type Store struct {
 var _ store.Store = (*Store)(nil)
 
 // Open opens (creating it, and its directory, if needed) the database file at path, applies
-// pending migrations and prepares the hot statements.
-func Open(ctx context.Context, path string) (*Store, error) {
-	return open(ctx, path, migrationFiles)
+// pending migrations and prepares the hot statements. Zero fields of opts take the defaults.
+func Open(ctx context.Context, path string, opts Options) (*Store, error) {
+	return open(ctx, path, migrationFiles, opts)
 }
 
 // open is Open with the migrations taken from fsys (a "migrations" directory), so tests can
 // add migrations.
-func open(ctx context.Context, path string, fsys fs.FS) (_ *Store, err error) {
+func open(ctx context.Context, path string, fsys fs.FS, opts Options) (_ *Store, err error) {
 	if path == "" || strings.ContainsRune(path, '?') {
 		return nil, fmt.Errorf("sqlite: open %q: path must be non-empty and contain no '?'", path)
 	}
+	opts = opts.withDefaults()
 	if dir := filepath.Dir(path); dir != "" {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
 		}
 	}
-	s := &Store{hot: newHotCache()}
+	if err := create(ctx, path, opts.PageSize); err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+	s := &Store{hot: newHotCache(), opts: opts}
 	defer func() {
 		if err != nil {
 			s.closeDBs()
@@ -120,11 +148,13 @@ func open(ctx context.Context, path string, fsys fs.FS) (_ *Store, err error) {
 	// and every write waits for that before it is reported (durable.go).
 	wq := pragmas("NORMAL")
 	wq.Set("_txlock", "immediate")
-	wq.Add("_pragma", "cache_size(-65536)")
-	// Checkpoints run on their own connection (checkpointLoop), not inside the commit of
-	// whichever append crossed the threshold: that moved about a fifth of the sequencer's
-	// time off its path in profiles of the direct benchmark.
+	wq.Add("_pragma", "cache_size(-"+strconv.Itoa(writerCacheKiB)+")")
+	// Checkpoints are the checkpointer's (wal.go), not the commit's of whichever append
+	// crossed SQLite's threshold: that moved about a fifth of the sequencer's time off its
+	// path in profiles of the direct benchmark. journal_size_limit cuts the WAL file back
+	// when the writer restarts it after a burst that made it larger.
 	wq.Add("_pragma", "wal_autocheckpoint(0)")
+	wq.Add("_pragma", "journal_size_limit("+strconv.FormatInt(opts.WALSizeLimit, 10)+")")
 	s.writer, err = sql.Open("sqlite", path+"?"+wq.Encode())
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: open %s: writer: %w", path, err)
@@ -151,7 +181,7 @@ func open(ctx context.Context, path string, fsys fs.FS) (_ *Store, err error) {
 	// its journal_mode pragma finds the file already in WAL mode.
 	rq := pragmas("FULL")
 	rq.Add("_pragma", "query_only(ON)")
-	rq.Add("_pragma", "cache_size(-16384)")
+	rq.Add("_pragma", "cache_size(-"+strconv.Itoa(readerCacheKiB)+")")
 	s.reader, err = sql.Open("sqlite", path+"?"+rq.Encode())
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: open %s: reader: %w", path, err)
@@ -170,8 +200,9 @@ func open(ctx context.Context, path string, fsys fs.FS) (_ *Store, err error) {
 	}
 	s.ckpt.SetMaxOpenConns(1)
 	s.ckpt.SetConnMaxIdleTime(0)
-	s.stopCkpt, s.ckptDone = make(chan struct{}), make(chan struct{})
-	go s.checkpointLoop()
+	if err := s.startCheckpointer(ctx); err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: checkpointer: %w", path, err)
+	}
 
 	s.wc, s.rc = newStmtCache(s.writer), newStmtCache(s.reader)
 	if err := s.w.prepare(ctx, s.writer); err != nil {
@@ -184,6 +215,32 @@ func open(ctx context.Context, path string, fsys fs.FS) (_ *Store, err error) {
 		return nil, fmt.Errorf("sqlite: open %s: prepare: %w", path, err)
 	}
 	return s, nil
+}
+
+// create makes a new database file at path with the given page size, in WAL mode, unless a
+// database is there already (in the file, or still only in its WAL). The page size must be
+// set before the file turns to WAL mode, which the connections' DSN pragmas do first thing;
+// an existing database keeps its own.
+func create(ctx context.Context, path string, pageSize int) error {
+	for _, p := range []string{path, path + "-wal"} {
+		if fi, err := os.Stat(p); err == nil && fi.Size() > 0 {
+			return nil
+		}
+	}
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(1)
+	if _, err := db.ExecContext(ctx, "PRAGMA page_size = "+strconv.Itoa(pageSize)); err != nil {
+		return fmt.Errorf("page size: %w", err)
+	}
+	var mode string
+	if err := db.QueryRowContext(ctx, "PRAGMA journal_mode = WAL").Scan(&mode); err != nil || mode != "wal" {
+		return fmt.Errorf("journal mode: %q, %v", mode, err)
+	}
+	return nil
 }
 
 // migration is one numbered SQL file.
@@ -337,11 +394,22 @@ func (s *Store) enter(op string) error {
 
 func (s *Store) leave() { s.mu.RUnlock() }
 
-// leaveRead is leave for a read not made with s.read: before the answer is returned it waits
+// enterRead is enter for a read not made with s.read: it also holds readGate until
+// leaveRead. Such a method must not call s.read (readGate is not reentrant).
+func (s *Store) enterRead(op string) error {
+	if err := s.enter(op); err != nil {
+		return err
+	}
+	s.readGate.RLock()
+	return nil
+}
+
+// leaveRead is leave for a read begun with enterRead: before the answer is returned it waits
 // until every commit the read may have seen is durable (durable.go), so nothing a crash
 // could take back is ever shown; after a failed sync *err becomes that error instead of
 // the answer, as with read. Deferred, with err the method's named result.
 func (s *Store) leaveRead(err *error) {
+	s.readGate.RUnlock()
 	*err = s.answered(*err)
 	s.mu.RUnlock()
 }
@@ -409,7 +477,10 @@ func (s *Store) wtx(tx *sql.Tx) cached { return cached{c: s.wc, tx: tx} }
 // an error (a "not found" rests on the snapshot too); after a failed sync it returns that
 // error instead of the answer. Methods that read only through it leave with s.leave.
 func (s *Store) read(ctx context.Context, fn func(tx *sql.Tx) error) error {
-	return s.answered(inTx(ctx, s.reader, fn))
+	s.readGate.RLock()
+	err := inTx(ctx, s.reader, fn)
+	s.readGate.RUnlock()
+	return s.answered(err)
 }
 
 // bumpVersion increments the global sync version and returns the new value. Every write
@@ -459,23 +530,4 @@ func boolInt(b bool) int {
 		return 1
 	}
 	return 0
-}
-
-// checkpointInterval is how often the WAL is copied back into the database file.
-const checkpointInterval = 250 * time.Millisecond
-
-// checkpointLoop checkpoints the WAL in the background (PASSIVE: it never blocks the
-// writer or readers) until Close.
-func (s *Store) checkpointLoop() {
-	defer close(s.ckptDone)
-	t := time.NewTicker(checkpointInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.stopCkpt:
-			return
-		case <-t.C:
-			_, _ = s.ckpt.Exec("PRAGMA wal_checkpoint(PASSIVE)")
-		}
-	}
 }

@@ -17,7 +17,7 @@ import (
 // exist yet, so Open's directory creation is exercised too) and closes it at cleanup.
 func openTemp(t testing.TB) *Store {
 	t.Helper()
-	s, err := Open(context.Background(), filepath.Join(t.TempDir(), "data", "parley.db"))
+	s, err := Open(context.Background(), filepath.Join(t.TempDir(), "data", "parley.db"), Options{})
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
@@ -34,7 +34,7 @@ func TestConformance(t *testing.T) {
 func TestReopen(t *testing.T) {
 	ctx := t.Context()
 	path := filepath.Join(t.TempDir(), "parley.db")
-	s, err := Open(ctx, path)
+	s, err := Open(ctx, path, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +70,7 @@ func TestReopen(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	s, err = Open(ctx, path)
+	s, err = Open(ctx, path, Options{})
 	if err != nil {
 		t.Fatalf("reopen: %v", err)
 	}
@@ -124,7 +124,7 @@ func TestMigrationsIncremental(t *testing.T) {
 		for name, sql := range st.add {
 			fsys[name] = &fstest.MapFile{Data: []byte(sql)}
 		}
-		s, err := open(ctx, path, fsys)
+		s, err := open(ctx, path, fsys, Options{})
 		if st.wantErr {
 			if err == nil {
 				s.Close()
@@ -142,7 +142,7 @@ func TestMigrationsIncremental(t *testing.T) {
 	}
 	// The failed migration's first statement was rolled back with it.
 	delete(fsys, "migrations/9003_bad.sql")
-	s, err := open(ctx, path, fsys)
+	s, err := open(ctx, path, fsys, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -197,5 +197,108 @@ func TestPragmas(t *testing.T) {
 	}
 	if _, err := s.reader.ExecContext(ctx, `UPDATE meta SET version = 0`); err == nil {
 		t.Error("the read pool accepted a write")
+	}
+}
+
+// TestMigrateCompactKeys: a database written by the schema before 0004 (conversations keyed
+// by their text id throughout) comes through the migration with its history, reactions,
+// cursors and heads intact, and goes on from where it was.
+func TestMigrateCompactKeys(t *testing.T) {
+	ctx := t.Context()
+	path := filepath.Join(t.TempDir(), "parley.db")
+	all, err := fstestFS(migrationFiles)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := fstest.MapFS{}
+	for name, f := range all {
+		if name < "migrations/0004" {
+			before[name] = f
+		}
+	}
+	db, err := sql.Open("sqlite", path+"?_pragma=foreign_keys(ON)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := migrate(ctx, db, before); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(ctx, `
+		INSERT INTO users (id, username, display_name, password_hash, created_ts) VALUES
+			('a', 'a', 'A', 'h', 1), ('b', 'b', 'B', 'h', 1), ('c', 'c', 'C', 'h', 1);
+		INSERT INTO conversations (id, type, name, direct_key, last_seq, last_text_seq, created_ts, updated_ts, version) VALUES
+			('d1', 'direct', '', 'a|b', 3, 2, 1, 5, 4),
+			('g1', 'group', 'G', NULL, 2, 2, 2, 6, 5);
+		INSERT INTO members (conversation_id, user_id, role, joined_ts, last_read_seq, last_delivered_seq, version) VALUES
+			('d1', 'a', 'member', 1, 0, 0, 1), ('d1', 'b', 'member', 1, 1, 2, 4),
+			('g1', 'a', 'admin', 2, 1, 1, 2), ('g1', 'c', 'member', 2, 1, 1, 2);
+		INSERT INTO messages (conversation_id, seq, client_id, sender_id, kind, body, target_seq, emoji, system, ts) VALUES
+			('d1', 1, 'm1', 'a', 'text', 'one', 0, '', NULL, 3),
+			('d1', 2, 'm2', 'a', 'text', 'two', 0, '', NULL, 4),
+			('d1', 3, 'm3', 'b', 'reaction', '', 1, '👍', NULL, 5),
+			('g1', 1, 's1', 'a', 'system', '', 0, '', '{"action":"created","actor_id":"a","user_ids":["a","c"],"name":"G"}', 2),
+			('g1', 2, 'm4', 'c', 'text', 'hi', 0, '', NULL, 6);
+		INSERT INTO reactions (conversation_id, target_seq, emoji, user_id, seq) VALUES ('d1', 1, '👍', 'b', 3);
+		UPDATE meta SET version = 5;`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	s, err := Open(ctx, path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s.applied != 1 {
+		t.Fatalf("applied %d migrations, want 1 (0004)", s.applied)
+	}
+	ms, _, err := s.Messages(ctx, "d1", "b", 0, -1, 10)
+	if err != nil || len(ms) != 3 {
+		t.Fatalf("d1 history: %+v, %v", ms, err)
+	}
+	if ms[0].Body != "one" || ms[0].ConversationID != "d1" || len(ms[0].Reactions) != 1 || ms[0].Reactions[0].UserIDs[0] != "b" ||
+		ms[1].Body != "two" || ms[2].Kind != protocol.KindReaction || ms[2].TargetSeq != 1 {
+		t.Fatalf("d1 history after the migration: %+v", ms)
+	}
+	c, err := s.Conversation(ctx, "d1", "b")
+	if err != nil || c.LastSeq != 3 || c.UpdatedTS != 5 || c.LastReadSeq != 1 || c.LastDeliveredSeq != 2 ||
+		c.LastMessage == nil || c.LastMessage.Seq != 2 || c.UnreadCount != 1 {
+		t.Fatalf("d1 as b sees it: %+v, %v", c, err)
+	}
+	gs, _, err := s.Messages(ctx, "g1", "c", 0, -1, 10)
+	if err != nil || len(gs) != 2 || gs[0].System == nil || gs[0].System.Name != "G" || gs[1].Body != "hi" {
+		t.Fatalf("g1 history: %+v, %v", gs, err)
+	}
+	cs, next, err := s.Sync(ctx, "a", 4)
+	if err != nil || len(cs) != 1 || cs[0].ID != "g1" || next != 5 {
+		t.Fatalf("Sync since 4: %+v, next %d, %v", cs, next, err)
+	}
+
+	// The logs go on: a duplicate is found across the migration, a new event takes the next
+	// seq, and a new conversation a new number.
+	rs, err := s.Append(ctx, []store.AppendRequest{
+		{ConversationID: "d1", SenderID: "a", ClientID: "m2", Kind: protocol.KindText, Body: "two", TS: 7},
+		{ConversationID: "d1", SenderID: "b", ClientID: "m5", Kind: protocol.KindText, Body: "four", TS: 7},
+		{ConversationID: "d1", SenderID: "a", ClientID: "m6", Kind: protocol.KindReaction, TargetSeq: 2, Emoji: "🎉", TS: 7},
+	})
+	if err != nil || !rs[0].Duplicate || rs[0].Message.Seq != 2 || rs[1].Message.Seq != 4 || rs[2].Err != nil || rs[2].Message.Seq != 5 {
+		t.Fatalf("Append after the migration: %+v, %v", rs, err)
+	}
+	if _, _, err := s.CreateDirect(ctx, "d2", "b", "c", 8); err != nil {
+		t.Fatal(err)
+	}
+	var nums []int64
+	rows, err := s.reader.QueryContext(ctx, `SELECT num FROM conversations ORDER BY num`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var n int64
+		rows.Scan(&n)
+		nums = append(nums, n)
+	}
+	rows.Close()
+	if len(nums) != 3 || nums[0] != 1 || nums[1] != 2 || nums[2] != 3 {
+		t.Fatalf("conversation numbers %v, want [1 2 3]", nums)
 	}
 }

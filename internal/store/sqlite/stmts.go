@@ -11,44 +11,53 @@ import (
 // runs there and keeps it, and tx.StmtContext reuses that per-connection statement; so the hot
 // queries are compiled once per connection, not once per call.
 
-// msgCols are the messages columns scanMessage reads, in order.
-const msgCols = `conversation_id, seq, client_id, sender_id, kind, body, reply_to, target_seq,
+// msgCols are the messages columns scanMessage reads, in order. A row does not hold its
+// conversation's id, only its number (conv): every read knows which conversation it reads.
+const msgCols = `seq, client_id, sender_id, kind, body, reply_to, target_seq,
 	emoji, remove, attachments, system, ts, edited_ts, deleted`
 
-// convSelect selects a conversation joined with one member's row, as scanConvRow reads it.
-const convSelect = `SELECT c.id, c.type, c.name, c.last_seq, c.last_text_seq, c.created_ts,
-	c.updated_ts, m.last_read_seq, m.last_delivered_seq
-	FROM members m JOIN conversations c ON c.id = m.conversation_id`
+// convNum is the number of the conversation whose id is the query's next argument; SQLite
+// evaluates it once per statement, and the (conv, seq) index serves the rest.
+const convNum = `(SELECT num FROM conversations WHERE id = ?)`
+
+// convSelect selects a conversation joined with its head and one member's row, as
+// scanConvRow reads it.
+const convSelect = `SELECT c.id, c.type, c.name, h.last_seq, h.last_text_seq, c.created_ts,
+	h.updated_ts, m.last_read_seq, m.last_delivered_seq
+	FROM members m JOIN conversations c ON c.id = m.conversation_id JOIN heads h ON h.num = c.num`
 
 // writeStmts are the statements of Append (and bump, of every write that Sync reports),
-// prepared on the writer.
+// prepared on the writer. Those of a conversation's log take its number (conv), which the
+// batch has from the head.
 type writeStmts struct {
 	dedupe, member, head, insert, target, edit, del, dropReactions, react, unreact, setHead, bump *sql.Stmt
 }
 
 func (w *writeStmts) list() []stmtDef {
 	return []stmtDef{
-		{&w.dedupe, `SELECT conversation_id, seq FROM messages WHERE sender_id = ? AND client_id = ?`},
+		{&w.dedupe, `SELECT c.id, m.seq FROM messages m JOIN conversations c ON c.num = m.conv
+			WHERE m.sender_id = ? AND m.client_id = ?`},
 		{&w.member, `SELECT EXISTS (SELECT 1 FROM members WHERE conversation_id = ? AND user_id = ?)`},
-		{&w.head, `SELECT last_seq, last_text_seq, updated_ts FROM conversations WHERE id = ?`},
+		{&w.head, `SELECT h.num, h.last_seq, h.last_text_seq, h.updated_ts
+			FROM conversations c JOIN heads h ON h.num = c.num WHERE c.id = ?`},
 		// The dedupe key is the conflict target: a text append that finds its (sender, client
 		// id) stored inserts nothing, and RowsAffected tells the batch so, in one statement.
-		{&w.insert, `INSERT INTO messages (conversation_id, seq, client_id, sender_id, kind, body,
+		{&w.insert, `INSERT INTO messages (conv, seq, client_id, sender_id, kind, body,
 			reply_to, target_seq, emoji, remove, attachments, system, ts)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 			ON CONFLICT (client_id, sender_id) DO NOTHING`},
-		{&w.target, `SELECT kind, deleted FROM messages WHERE conversation_id = ? AND seq = ?`},
-		{&w.edit, `UPDATE messages SET body = ?, edited_ts = ? WHERE conversation_id = ? AND seq = ?`},
+		{&w.target, `SELECT kind, deleted FROM messages WHERE conv = ? AND seq = ?`},
+		{&w.edit, `UPDATE messages SET body = ?, edited_ts = ? WHERE conv = ? AND seq = ?`},
 		{&w.del, `UPDATE messages SET body = '', attachments = NULL, deleted = 1
-			WHERE conversation_id = ? AND seq = ?`},
-		{&w.dropReactions, `DELETE FROM reactions WHERE conversation_id = ? AND target_seq = ?`},
-		{&w.react, `INSERT INTO reactions (conversation_id, target_seq, emoji, user_id, seq)
+			WHERE conv = ? AND seq = ?`},
+		{&w.dropReactions, `DELETE FROM reactions WHERE conv = ? AND target_seq = ?`},
+		{&w.react, `INSERT INTO reactions (conv, target_seq, emoji, user_id, seq)
 			VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`},
 		{&w.unreact, `DELETE FROM reactions
-			WHERE conversation_id = ? AND target_seq = ? AND emoji = ? AND user_id = ?`},
+			WHERE conv = ? AND target_seq = ? AND emoji = ? AND user_id = ?`},
 		{&w.bump, `UPDATE meta SET version = version + 1 RETURNING version`},
-		{&w.setHead, `UPDATE conversations SET last_seq = ?, last_text_seq = ?, updated_ts = ?, version = ?
-			WHERE id = ?`},
+		{&w.setHead, `UPDATE heads SET last_seq = ?, last_text_seq = ?, updated_ts = ?, version = ?
+			WHERE num = ?`},
 	}
 }
 
@@ -68,15 +77,15 @@ func (v *viewStmts) list() []stmtDef {
 		{&v.conv, convSelect + ` WHERE m.conversation_id = ? AND m.user_id = ?`},
 		{&v.members, `SELECT user_id, role, last_delivered_seq, last_read_seq FROM members WHERE conversation_id = ? ORDER BY joined_ts, user_id`},
 		{&v.isMember, `SELECT EXISTS (SELECT 1 FROM members WHERE conversation_id = ? AND user_id = ?)`},
-		{&v.message, `SELECT ` + msgCols + ` FROM messages WHERE conversation_id = ? AND seq = ?`},
+		{&v.message, `SELECT ` + msgCols + ` FROM messages WHERE conv = ` + convNum + ` AND seq = ?`},
 		{&v.reactions, `SELECT target_seq, emoji, user_id FROM reactions
-			WHERE conversation_id = ? AND target_seq BETWEEN ? AND ? ORDER BY target_seq, seq`},
+			WHERE conv = ` + convNum + ` AND target_seq BETWEEN ? AND ? ORDER BY target_seq, seq`},
 		{&v.unread, `SELECT count(*) FROM messages
-			WHERE conversation_id = ? AND seq > ? AND kind = 'text' AND deleted = 0 AND sender_id <> ?`},
+			WHERE conv = ` + convNum + ` AND seq > ? AND kind = 'text' AND deleted = 0 AND sender_id <> ?`},
 		{&v.pageDesc, `SELECT ` + msgCols + ` FROM messages
-			WHERE conversation_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?`},
+			WHERE conv = ` + convNum + ` AND seq < ? ORDER BY seq DESC LIMIT ?`},
 		{&v.pageAsc, `SELECT ` + msgCols + ` FROM messages
-			WHERE conversation_id = ? AND seq > ? AND seq < ? ORDER BY seq LIMIT ?`},
+			WHERE conv = ` + convNum + ` AND seq > ? AND seq < ? ORDER BY seq LIMIT ?`},
 	}
 }
 

@@ -54,7 +54,7 @@ func (s *Store) CreateUser(ctx context.Context, u protocol.User, passwordHash st
 // UserByUsername implements store.Users.
 func (s *Store) UserByUsername(ctx context.Context, username string) (_ protocol.User, _ string, err error) {
 	const op = "user by username"
-	if err := s.enter(op); err != nil {
+	if err := s.enterRead(op); err != nil {
 		return protocol.User{}, "", err
 	}
 	defer s.leaveRead(&err)
@@ -75,7 +75,7 @@ func (s *Store) UserByUsername(ctx context.Context, username string) (_ protocol
 // UserByID implements store.Users.
 func (s *Store) UserByID(ctx context.Context, id string) (_ protocol.User, err error) {
 	const op = "user by id"
-	if err := s.enter(op); err != nil {
+	if err := s.enterRead(op); err != nil {
 		return protocol.User{}, err
 	}
 	defer s.leaveRead(&err)
@@ -92,7 +92,7 @@ const maxParams = 500
 // UsersByID implements store.Users.
 func (s *Store) UsersByID(ctx context.Context, ids []string) (_ []protocol.User, err error) {
 	const op = "users by id"
-	if err := s.enter(op); err != nil {
+	if err := s.enterRead(op); err != nil {
 		return nil, err
 	}
 	defer s.leaveRead(&err)
@@ -149,7 +149,7 @@ func (s *Store) SetDisplayName(ctx context.Context, id, displayName string) (pro
 // username >= prefix and below the least string greater than every string with that prefix.
 func (s *Store) SearchUsers(ctx context.Context, prefix string, limit int) (_ []protocol.User, err error) {
 	const op = "search users"
-	if err := s.enter(op); err != nil {
+	if err := s.enterRead(op); err != nil {
 		return nil, err
 	}
 	defer s.leaveRead(&err)
@@ -212,7 +212,7 @@ func (s *Store) CreateDevice(ctx context.Context, d store.Device) error {
 // Device implements store.Devices.
 func (s *Store) Device(ctx context.Context, id string) (_ store.Device, err error) {
 	const op = "device"
-	if err := s.enter(op); err != nil {
+	if err := s.enterRead(op); err != nil {
 		return store.Device{}, err
 	}
 	defer s.leaveRead(&err)
@@ -226,7 +226,7 @@ func (s *Store) Device(ctx context.Context, id string) (_ store.Device, err erro
 // DeviceByRefreshHash implements store.Devices.
 func (s *Store) DeviceByRefreshHash(ctx context.Context, hash string) (_ store.Device, err error) {
 	const op = "device by refresh hash"
-	if err := s.enter(op); err != nil {
+	if err := s.enterRead(op); err != nil {
 		return store.Device{}, err
 	}
 	defer s.leaveRead(&err)
@@ -345,7 +345,7 @@ func (s *Store) DeleteContact(ctx context.Context, userID, contactID string) err
 // ContactsOf implements store.Contacts.
 func (s *Store) ContactsOf(ctx context.Context, userID string) (_ []protocol.User, err error) {
 	const op = "contacts of"
-	if err := s.enter(op); err != nil {
+	if err := s.enterRead(op); err != nil {
 		return nil, err
 	}
 	defer s.leaveRead(&err)
@@ -372,7 +372,7 @@ func (s *Store) PresenceVisible(ctx context.Context, viewerID string) ([]string,
 // presence returns the users of contactsQuery (with ?1 the user) and the user's direct
 // partners, each once.
 func (s *Store) presence(ctx context.Context, op, contactsQuery, userID string) (_ []string, err error) {
-	if err := s.enter(op); err != nil {
+	if err := s.enterRead(op); err != nil {
 		return nil, err
 	}
 	defer s.leaveRead(&err)
