@@ -143,7 +143,9 @@ func (s *Service) DisconnectDevice(userID, deviceID string) error {
 // typing tracks the typing indicators this node has relayed, to throttle floods and to end
 // indicators whose typist went quiet.
 type typing struct {
-	mu      sync.Mutex
+	mu sync.Mutex
+	// active holds an entry per (member, conversation) typing now: runTimers removes each
+	// one TypingTTL after its last refresh, whatever else happens.
 	active  map[typingKey]typingState
 	ttl     time.Duration // an indicator without a refresh ends after this
 	refresh time.Duration // a repeated "start" is relayed at most this often

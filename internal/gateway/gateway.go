@@ -112,6 +112,8 @@ type Gateway struct {
 	// Conn.origin): deliveries from any node name the connection they skip.
 	origin string
 
+	// users and conns hold an entry per connection open on this node (and per user with
+	// one), removed when it closes: bounded by the sockets the process may hold.
 	mu       sync.RWMutex
 	users    map[string]*userConns
 	conns    map[uint64]*Conn

@@ -15,6 +15,15 @@ import (
 // defaultStartTimeout bounds the embedded server's start when ctx has no deadline.
 const defaultStartTimeout = 10 * time.Second
 
+// JetStream's limits on the embedded server: what its streams may hold in all, on disk under
+// the data directory and in memory. Each stream has limits of its own (age, size) chosen
+// with it; these bound their sum, so that no stream, however configured, fills the disk
+// that the database needs.
+const (
+	jetStreamMaxStore  = 1 << 30
+	jetStreamMaxMemory = 64 << 20
+)
+
 // Embedded starts a NATS server inside the process and returns a Bus connected to it in
 // process. The server opens no port at all (DontListen): only this process can reach it, so
 // it needs no authentication. JetStream is enabled and stores under dir, so durable streams
@@ -38,11 +47,13 @@ func embedded(ctx context.Context, dir string, log *slog.Logger, size int) (*Bus
 	}
 	start := time.Now()
 	srv, err := server.NewServer(&server.Options{
-		ServerName: "parley-embedded",
-		DontListen: true,
-		JetStream:  true,
-		StoreDir:   dir,
-		NoSigs:     true,
+		ServerName:         "parley-embedded",
+		DontListen:         true,
+		JetStream:          true,
+		StoreDir:           dir,
+		JetStreamMaxStore:  jetStreamMaxStore,
+		JetStreamMaxMemory: jetStreamMaxMemory,
+		NoSigs:             true,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("natsbus: embedded: configure server: %w", err)

@@ -86,6 +86,8 @@ type Bus struct {
 	stop  chan struct{}  // closed by Close: dispatch drains both channels and returns
 	done  chan struct{}  // closed by dispatch when it returns
 
+	// exact and byNATS hold an entry per live subscription (the gateway's, one per user
+	// online on this node), removed when it is unsubscribed.
 	mu          sync.RWMutex
 	exact       map[string][]*subscription // by subject, for subjects without a wildcard
 	wild        []*subscription            // subjects ending in ">"

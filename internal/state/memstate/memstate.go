@@ -64,8 +64,10 @@ type State struct {
 	pmu      sync.RWMutex
 	online   map[string]*user // users with at least one device not yet expired or offline
 	byExpiry userHeap         // the records of online, earliest device expiry first
-	lastSeen map[string]int64 // every user ever seen: last heartbeat or explicit offline
+	lastSeen map[string]int64 // every user seen since start, never pruned: at most one entry per account
 
+	// buckets holds a bucket per key drawn on in the last forgetAfter (plus what has not been
+	// collected yet: sweepPerCall per call).
 	lmu        sync.Mutex
 	buckets    map[string]*bucket
 	bucketsDue dueHeap // exactly one entry per bucket: when it may next be forgotten
