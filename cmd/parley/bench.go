@@ -22,6 +22,8 @@ scenarios:
   group      G groups of M online members, S senders each: fan-out
   idle       C authenticated, heartbeating connections held open; server RSS per connection
   reconnect  C clients drop at once and reconnect; time until all have caught up
+  soak       rate for a long time (30m), sampling the server's memory, goroutines, open
+             files and data files every 30s, and failing if any grows beyond the data
 
 (idle-worker and reconnect-worker are the processes that idle and reconnect start to hold
 their connections; not run by hand.)
@@ -86,6 +88,8 @@ func bench(ctx context.Context, args []string) error {
 		return loadgen.IdleWorker(ctx, os.Stdin, os.Stdout)
 	case "reconnect-worker":
 		return loadgen.ReconnectWorker(ctx, os.Stdin, os.Stdout)
+	case "soak":
+		return benchSoak(ctx, args[1:])
 	}
 	fs := flag.NewFlagSet("bench "+scenario, flag.ContinueOnError)
 	bf := addBenchFlags(fs)

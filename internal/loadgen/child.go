@@ -19,12 +19,15 @@ type Server struct {
 	Cmd  *exec.Cmd
 	URL  string // http://host:port
 	Addr string // host:port
-	done chan struct{}
+	// DebugURL is the server's debug listener (http://host:port), if it was given
+	// --debug-listen.
+	DebugURL string
+	done     chan struct{}
 }
 
 // StartServer runs `exe serve --listen 127.0.0.1:0 --data data --log-json args...` and
 // returns once it listens and answers /readyz. Warnings and errors it logs are copied to
-// stderr.
+// stderr. args may override --listen (the last one counts).
 func StartServer(ctx context.Context, exe, data string, args ...string) (*Server, error) {
 	cmd := exec.Command(exe, append([]string{"serve", "--listen", "127.0.0.1:0", "--data", data, "--log-json"}, args...)...)
 	stderr, err := cmd.StderrPipe()
@@ -36,25 +39,31 @@ func StartServer(ctx context.Context, exe, data string, args ...string) (*Server
 	}
 	s := &Server{Cmd: cmd, done: make(chan struct{})}
 	go func() { _ = cmd.Wait(); close(s.done) }()
-	addr := make(chan string, 1)
+	addr := make(chan [2]string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
+		var debug string
 		for sc.Scan() {
 			var line struct {
 				Msg    string `json:"msg"`
 				Listen string `json:"listen"`
 				Level  string `json:"level"`
 			}
-			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "parley started" {
-				addr <- line.Listen
-			} else if line.Level == "ERROR" || line.Level == "WARN" {
+			err := json.Unmarshal(sc.Bytes(), &line)
+			switch {
+			case err == nil && line.Msg == "debug server":
+				debug = "http://" + line.Listen // logged before "parley started"
+			case err == nil && line.Msg == "parley started":
+				addr <- [2]string{line.Listen, debug}
+			case line.Level == "ERROR" || line.Level == "WARN":
 				fmt.Fprintln(os.Stderr, "server:", sc.Text())
 			}
 		}
 		_, _ = io.Copy(io.Discard, stderr)
 	}()
 	select {
-	case s.Addr = <-addr:
+	case a := <-addr:
+		s.Addr, s.DebugURL = a[0], a[1]
 	case <-s.done:
 		return nil, errors.New("server exited before it was listening")
 	case <-time.After(30 * time.Second):

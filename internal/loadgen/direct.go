@@ -122,28 +122,82 @@ func (r DirectResult) lateness() string {
 }
 
 // tracker checks that every acked message of one conversation is delivered exactly once to
-// each receiver.
+// each receiver. It keeps only the seqs still in flight: once a seq is acked and delivered
+// to every receiver, and so is every seq before it, it is folded into floor and forgotten,
+// so that a run of hours holds a window of seqs, not its whole history.
 type tracker struct {
 	mu        sync.Mutex
-	acked     map[int64]bool
-	delivered map[int64]int // seq → deliveries, summed over receivers
 	receivers int
+	floor     int64          // every seq up to floor is complete, or was there before the run
+	acked     map[int64]bool // seqs after floor
+	delivered map[int64]int  // seqs after floor → deliveries, summed over receivers
+	extra     int            // deliveries of seqs already complete: duplicates
+	last      ackRecord      // the highest acked seq, and its message's id
 }
 
-func newTracker(receivers int) *tracker {
-	return &tracker{acked: map[int64]bool{}, delivered: map[int64]int{}, receivers: receivers}
+// ackRecord is an acked message: its seq and id.
+type ackRecord struct {
+	seq int64
+	id  string
 }
 
-func (t *tracker) ack(seq int64) {
+// newTracker tracks the messages after seq start (the conversation's last seq before the
+// run) for the given number of receivers.
+func newTracker(receivers int, start int64) *tracker {
+	return &tracker{acked: map[int64]bool{}, delivered: map[int64]int{}, receivers: receivers, floor: start}
+}
+
+func (t *tracker) ack(seq int64, id string) {
 	t.mu.Lock()
+	defer t.mu.Unlock()
+	if seq > t.last.seq {
+		t.last = ackRecord{seq, id}
+	}
+	if seq <= t.floor {
+		return
+	}
 	t.acked[seq] = true
-	t.mu.Unlock()
+	t.advance()
 }
 
 func (t *tracker) deliver(seq int64) {
 	t.mu.Lock()
+	defer t.mu.Unlock()
+	if seq <= t.floor {
+		t.extra++
+		return
+	}
 	t.delivered[seq]++
-	t.mu.Unlock()
+	t.advance()
+}
+
+// advance folds the complete seqs after floor into it.
+func (t *tracker) advance() {
+	for {
+		next := t.floor + 1
+		n := t.delivered[next]
+		if !t.acked[next] || n < t.receivers {
+			return
+		}
+		t.extra += n - t.receivers
+		delete(t.acked, next)
+		delete(t.delivered, next)
+		t.floor = next
+	}
+}
+
+// lastAcked returns the highest acked seq and its message's id.
+func (t *tracker) lastAcked() ackRecord {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.last
+}
+
+// pending is how many seqs the tracker holds: those in flight, and any lost.
+func (t *tracker) pending() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return max(len(t.acked), len(t.delivered))
 }
 
 // lostSeqs returns up to max acked seqs that some receiver has not got, in order.
@@ -169,6 +223,7 @@ func (t *tracker) check() (lost, dups int) {
 			lost += t.receivers - n
 		}
 	}
+	dups = t.extra
 	for _, n := range t.delivered {
 		if n > t.receivers {
 			dups += n - t.receivers
@@ -222,7 +277,8 @@ type meter struct {
 	win              window
 	host             func() *HostCPU // the machine's use in win, once win has ended
 	ackH, delH       Histogram
-	lateH            Histogram // rate: schedule → frame written
+	ivDel            atomic.Pointer[Histogram] // Soak: send→deliver in the current interval
+	lateH            Histogram                 // rate: schedule → frame written
 	acked, delivered atomic.Uint64
 	errs             atomic.Int64
 	closes           atomic.Int64 // connections that ended during the run
@@ -304,8 +360,12 @@ func (m *meter) delivery(f frameInfo, tr *tracker) {
 	tr.deliver(f.seq)
 	if ns, err := strconv.ParseInt(f.body, 10, 64); err == nil {
 		if t0 := time.Unix(0, ns); m.win.in(t0) {
-			m.delH.Record(time.Since(t0))
+			d := time.Since(t0)
+			m.delH.Record(d)
 			m.delivered.Add(1)
+			if h := m.ivDel.Load(); h != nil {
+				h.Record(d)
+			}
 		}
 	}
 }
@@ -318,7 +378,7 @@ func (m *meter) ack(s *sender, f frameInfo, tr *tracker) {
 	if !ok {
 		return
 	}
-	tr.ack(f.seq)
+	tr.ack(f.seq, f.id)
 	if m.win.in(t0) {
 		m.ackH.Record(time.Since(t0))
 		m.acked.Add(1)
@@ -376,6 +436,26 @@ func check(trackers []*tracker) (lost, dups int) {
 
 // Direct runs the direct scenario against cfg.URL.
 func Direct(ctx context.Context, cfg DirectConfig) (DirectResult, error) {
+	return runDirect(ctx, cfg, nil)
+}
+
+// directHooks let a longer scenario (Soak) watch a direct run: pairs gets the pairs once
+// they are set up, and tick runs every every while the load runs.
+type directHooks struct {
+	pairs func([]pair)
+	every time.Duration
+	tick  func(*meter)
+}
+
+// pair is a sender and receiver of a direct run: the sender's account, their
+// conversation, and its tracker.
+type pair struct {
+	sender *client.Client
+	conv   string
+	tr     *tracker
+}
+
+func runDirect(ctx context.Context, cfg DirectConfig, hooks *directHooks) (DirectResult, error) {
 	if cfg.Pairs <= 0 || cfg.Duration <= 0 || (cfg.InFlight <= 0 && cfg.Rate <= 0) {
 		return DirectResult{}, errors.New("direct: pairs, duration and inflight or rate must be positive")
 	}
@@ -414,11 +494,32 @@ func Direct(ctx context.Context, cfg DirectConfig) (DirectResult, error) {
 		conns = append(conns, sc, rc)
 		senders[i] = &sender{c: sc, conv: conv.ID, t0: map[string]time.Time{}}
 		receivers[i] = rc
-		trackers[i] = newTracker(1)
+		trackers[i] = newTracker(1, 0) // a new direct conversation starts at seq 0
 	}
 
 	m, runCtx, stop := newMeter(ctx, cfg.Warmup, cfg.Duration, cfg.ServerPID)
 	defer stop()
+	var ticks sync.WaitGroup
+	if hooks != nil {
+		ps := make([]pair, cfg.Pairs)
+		for i := range ps {
+			ps[i] = pair{sender: users[2*i], conv: senders[i].conv, tr: trackers[i]}
+		}
+		hooks.pairs(ps)
+		m.ivDel.Store(new(Histogram))
+		ticks.Go(func() {
+			t := time.NewTicker(hooks.every)
+			defer t.Stop()
+			for {
+				select {
+				case <-runCtx.Done():
+					return
+				case <-t.C:
+					hooks.tick(m)
+				}
+			}
+		})
+	}
 
 	var readers sync.WaitGroup
 	for i, r := range receivers {
@@ -475,6 +576,7 @@ func Direct(ctx context.Context, cfg DirectConfig) (DirectResult, error) {
 		})
 	}
 	writers.Wait()
+	ticks.Wait()
 	elapsed := min(time.Since(m.win.from), cfg.Duration)
 	hostCPU := m.host()
 	// Let acks and deliveries in flight arrive before checking that each acked message came

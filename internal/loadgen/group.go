@@ -94,7 +94,7 @@ func Group(ctx context.Context, cfg GroupConfig) (GroupResult, error) {
 		}
 		// Each message reaches every member but its sender; the tracker counts per seq, so
 		// it expects Members-1 deliveries of each.
-		tr := newTracker(cfg.Members - 1)
+		tr := newTracker(cfg.Members-1, conv.LastSeq)
 		trackers = append(trackers, tr)
 		for i, u := range us {
 			c, err := d.dial(ctx, u.Tokens().AccessToken)

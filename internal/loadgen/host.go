@@ -65,19 +65,30 @@ func readHost(pid int) hostSample {
 	s.all = s.busy + v[3] + s.iowait + s.steal
 	s.ok = s.all > 0
 	if pid > 0 {
-		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
-			// The command name may hold spaces; the fields after it do not.
-			if i := strings.LastIndexByte(string(b), ')'); i >= 0 {
-				pf := strings.Fields(string(b)[i+1:])
-				if len(pf) > 12 { // state is field 3; utime and stime are 14 and 15
-					ut, _ := strconv.ParseUint(pf[11], 10, 64)
-					st, _ := strconv.ParseUint(pf[12], 10, 64)
-					s.server = ut + st
-				}
-			}
-		}
+		s.server = cpuTicks(pid)
 	}
 	return s
+}
+
+// cpuTicks is the CPU time (user and system) process pid has used, in clock ticks, from
+// /proc/<pid>/stat; 0 if it cannot be read.
+func cpuTicks(pid int) uint64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The command name may hold spaces; the fields after it do not.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0
+	}
+	pf := strings.Fields(string(b)[i+1:])
+	if len(pf) <= 12 { // state is field 3; utime and stime are 14 and 15
+		return 0
+	}
+	ut, _ := strconv.ParseUint(pf[11], 10, 64)
+	st, _ := strconv.ParseUint(pf[12], 10, 64)
+	return ut + st
 }
 
 func hostBetween(a, b hostSample) *HostCPU {

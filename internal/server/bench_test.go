@@ -16,7 +16,7 @@ import (
 // correctness only, never speed.
 func TestBenchSmoke(t *testing.T) {
 	if testing.Short() {
-		t.Skip("runs the load generator for about 12 s")
+		t.Skip("runs the load generator for about 16 s")
 	}
 	bin := buildParley(t)
 	for _, tc := range []struct {
@@ -31,6 +31,11 @@ func TestBenchSmoke(t *testing.T) {
 		{"reconnect", []string{"reconnect", "--clients", "40", "--procs", "2"}, []string{"(n=40)\n  per client caught up p50", "(n=40)\n  missing 0  connect errors 0"}},
 		// idle fails unless every connection stays open through the hold.
 		{"idle", []string{"idle", "--conns", "40", "--procs", "2", "--hold", "1s", "--settle", "0s"}, []string{"40 connections held by 2 processes"}},
+		// A short soak: samples with the goroutines (from the debug listener) and the data
+		// files, the judgment, and the kill -9 and restart with the acked messages checked.
+		{"soak", []string{"soak", "--duration", "4s", "--every", "500ms", "--settle", "1s", "--pairs", "4", "--rate", "400", "--kill"},
+			[]string{"lost 0  duplicates 0  errors 0", "goroutines", "parley.db-wal", "everything that should be flat is flat",
+				"the last acked message of each of 4 conversations: all stored"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out, err := exec.Command(bin, append([]string{"bench"}, tc.args...)...).CombinedOutput()
