@@ -61,6 +61,11 @@ const (
 	readerCacheKiB = 16384
 )
 
+// busyTimeoutMS is how long a connection waits for a lock another holds: in the process
+// only a checkpoint can (writes are serialised on the writer), so in practice this is the
+// wait for another process.
+const busyTimeoutMS = 10000
+
 // defaultLimit is the page size used when a caller passes a limit <= 0.
 const defaultLimit = 50
 
@@ -137,7 +142,7 @@ func open(ctx context.Context, path string, fsys fs.FS, opts Options) (_ *Store,
 	// process writes are serialised by the single writer connection.
 	pragmas := func(synchronous string) url.Values {
 		v := url.Values{}
-		v.Add("_pragma", "busy_timeout(10000)")
+		v.Add("_pragma", "busy_timeout("+strconv.Itoa(busyTimeoutMS)+")")
 		v.Add("_pragma", "journal_mode(WAL)")
 		v.Add("_pragma", "synchronous("+synchronous+")")
 		v.Add("_pragma", "foreign_keys(ON)")

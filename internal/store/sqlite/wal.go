@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync/atomic"
 	"time"
 )
@@ -245,19 +246,24 @@ func (s *Store) restartWAL(mode string) bool {
 	w := &s.wal
 	// The store's own readers are kept out (readGate); the wait for readers is then only
 	// for another process's. The gate is taken first, so that the writer is not held up
-	// while the reads in progress end. The connection is taken without a deadline (it is
-	// free once the transaction in progress ends); the deadline bounds only the wait for
-	// readers, which is what would hold the writer up.
+	// while the reads in progress end.
 	s.readGate.Lock()
 	defer s.readGate.Unlock()
-	conn, err := s.writer.Conn(context.Background())
+	ctx := context.Background()
+	conn, err := s.writer.Conn(ctx) // free once the transaction in progress ends
 	if err != nil {
 		w.heldOff.Add(1)
 		return false
 	}
 	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), s.opts.RestartWait)
-	defer cancel()
+	// The wait for readers is bounded with the connection's busy timeout, not with a
+	// deadline on the context: at its deadline the driver interrupts the statement, and so
+	// would stop a checkpoint that a slow disk makes longer than RestartWait, every time.
+	if _, err := conn.ExecContext(ctx, "PRAGMA busy_timeout = "+strconv.FormatInt(max(1, s.opts.RestartWait.Milliseconds()), 10)); err != nil {
+		w.heldOff.Add(1)
+		return false
+	}
+	defer conn.ExecContext(ctx, "PRAGMA busy_timeout = "+strconv.Itoa(busyTimeoutMS))
 	var busy, frames, done int64
 	start := time.Now()
 	err = conn.QueryRowContext(ctx, "PRAGMA wal_checkpoint("+mode+")").Scan(&busy, &frames, &done)
@@ -270,6 +276,7 @@ func (s *Store) restartWAL(mode string) bool {
 		return true
 	}
 	w.heldOff.Add(1)
+	s.opts.Log.Debug("WAL restart held off", "mode", mode, "busy", busy, "frames", frames, "err", err)
 	if size := frames * w.frameSize; size > s.opts.WALSizeLimit && time.Since(w.lastWarning) > 30*time.Second {
 		w.lastWarning = time.Now()
 		s.opts.Log.Warn("WAL above its size limit: readers keep it from restarting",

@@ -112,7 +112,10 @@ func TestConformanceRestartingWAL(t *testing.T) {
 // threshold; without restarts it would hold everything written.
 func TestWALRestartsWhileWriting(t *testing.T) {
 	const threshold = 128 << 10
-	s, path := openWith(t, Options{WALRestartBytes: threshold, CheckpointInterval: manual, IdleTruncate: manual})
+	// RestartWait is shorter than a restart takes (1–3 ms): it must bound only a wait for
+	// readers, of which there is none here, not the restart itself.
+	s, path := openWith(t, Options{WALRestartBytes: threshold, CheckpointInterval: manual, IdleTruncate: manual,
+		RestartWait: time.Millisecond})
 	convs := seedConvs(t, s, 50)
 	if _, _, err := walCheckpoint(context.Background(), s.writer, "TRUNCATE"); err != nil {
 		t.Fatal(err) // the seeding's frames, written with no checkpointer
