@@ -22,6 +22,8 @@ func serve(ctx context.Context, args []string) error {
 	fs.IntVar(&cfg.Gateway.SendQueueBytes, "send-queue-bytes", 0, "bytes queued per connection before a slow client is cut off (default 1 MiB)")
 	fs.IntVar(&cfg.Gateway.FramesPerSecond, "frames-per-second", 0, "per-connection frame rate limit (default 1000)")
 	fs.DurationVar(&cfg.Chat.CommitInterval, "commit-interval", 0, "least time between the starts of two message transactions (default 2ms; negative: none)")
+	fs.Int64Var(&cfg.SQLite.WALRestartBytes, "sqlite-wal-restart-bytes", 0, "the WAL is checkpointed and started over once it holds this many bytes (default 16 MiB)")
+	fs.DurationVar(&cfg.SQLite.CheckpointInterval, "sqlite-checkpoint-interval", 0, "how often the WAL is copied into the database in the background (default 250ms)")
 	fs.DurationVar(&cfg.API.AccessTTL, "access-ttl", 0, "access token lifetime (default 15m)")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 0, "bound on a graceful shutdown (default 10s)")
 	argonMem := fs.Uint("argon2-memory-kib", uint(auth.DefaultParams().Memory), "argon2id memory cost per password hash, KiB")

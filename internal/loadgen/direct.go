@@ -439,12 +439,12 @@ func Direct(ctx context.Context, cfg DirectConfig) (DirectResult, error) {
 	return runDirect(ctx, cfg, nil)
 }
 
-// directHooks let a longer scenario (Soak) watch a direct run: pairs gets the pairs once
-// they are set up, and tick runs every every while the load runs.
+// directHooks let a longer scenario (Soak) watch a direct run: started gets the pairs and
+// the meter once they are set up, and tick runs every every while the load runs.
 type directHooks struct {
-	pairs func([]pair)
-	every time.Duration
-	tick  func(*meter)
+	started func([]pair, *meter)
+	every   time.Duration
+	tick    func(*meter)
 }
 
 // pair is a sender and receiver of a direct run: the sender's account, their
@@ -494,7 +494,7 @@ func runDirect(ctx context.Context, cfg DirectConfig, hooks *directHooks) (Direc
 		conns = append(conns, sc, rc)
 		senders[i] = &sender{c: sc, conv: conv.ID, t0: map[string]time.Time{}}
 		receivers[i] = rc
-		trackers[i] = newTracker(1, 0) // a new direct conversation starts at seq 0
+		trackers[i] = newTracker(1, conv.LastSeq) // not 0 when the accounts are a run's before
 	}
 
 	m, runCtx, stop := newMeter(ctx, cfg.Warmup, cfg.Duration, cfg.ServerPID)
@@ -505,8 +505,8 @@ func runDirect(ctx context.Context, cfg DirectConfig, hooks *directHooks) (Direc
 		for i := range ps {
 			ps[i] = pair{sender: users[2*i], conv: senders[i].conv, tr: trackers[i]}
 		}
-		hooks.pairs(ps)
 		m.ivDel.Store(new(Histogram))
+		hooks.started(ps, m)
 		ticks.Go(func() {
 			t := time.NewTicker(hooks.every)
 			defer t.Stop()

@@ -35,7 +35,16 @@ type SoakConfig struct {
 	MaxWAL int64
 	// Out gets a line for every sample as it is taken.
 	Out io.Writer
+	// Kill, if set, is called near the end of the run, while the senders are sending, to
+	// kill the server (SIGKILL): sampling stops there, and what the kill cuts off (sends
+	// never answered, acked messages not yet delivered) is not counted against the run.
+	// VerifyAcked then checks, against the server restarted, that every acked message is
+	// stored.
+	Kill func()
 }
+
+// killLead is how long before the end of the run Kill is called.
+func (c SoakConfig) killLead() time.Duration { return min(2*time.Second, c.Direct.Duration/4) }
 
 // SoakSample is one reading of the server, taken every SoakConfig.Every.
 type SoakSample struct {
@@ -73,6 +82,9 @@ type SoakResult struct {
 	Samples  []SoakSample `json:"samples"`
 	Series   []Series     `json:"series"`
 	Failures []string     `json:"failures"`
+	// KilledAt is when the server was killed (SoakConfig.Kill), in seconds into the
+	// measured window; 0 if it was not.
+	KilledAt float64 `json:"killed_at_s,omitempty"`
 	// Pairs are the run's conversations with their last acked message, for VerifyAcked.
 	pairs []pair
 }
@@ -90,6 +102,10 @@ func (r SoakResult) String() string {
 		b.WriteString("  everything that should be flat is flat")
 	} else {
 		fmt.Fprintf(&b, "  NOT FLAT: %s", strings.Join(r.Failures, "; "))
+	}
+	if r.KilledAt > 0 {
+		fmt.Fprintf(&b, "\n  the server was killed with SIGKILL %.1fs into the run, under load: %d sends never answered and %d acked messages not delivered by then (the kill's; not faults)",
+			r.KilledAt, r.Run.Unanswered, r.Run.Lost)
 	}
 	return b.String()
 }
@@ -112,15 +128,42 @@ func Soak(ctx context.Context, cfg SoakConfig) (SoakResult, error) {
 		cfg.Out = io.Discard
 	}
 	var (
-		mu      sync.Mutex
+		mu      sync.Mutex // held by a sample being taken, and by the kill
+		killed  bool
 		res     SoakResult
 		prev    = readProc(cfg.Direct.ServerPID)
 		prevAck uint64
+		killer  sync.WaitGroup
+		noKill  = make(chan struct{}) // closed when the run is over: no kill after that
 	)
 	hooks := &directHooks{
 		every: cfg.Every,
-		pairs: func(ps []pair) { res.pairs = ps },
+		started: func(ps []pair, m *meter) {
+			res.pairs = ps
+			if cfg.Kill == nil {
+				return
+			}
+			killer.Go(func() {
+				t := time.NewTimer(time.Until(m.win.to.Add(-cfg.killLead())))
+				defer t.Stop()
+				select {
+				case <-t.C:
+				case <-noKill:
+					return
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				killed = true
+				res.KilledAt = time.Since(m.win.from).Seconds()
+				cfg.Kill()
+			})
+		},
 		tick: func(m *meter) {
+			mu.Lock()
+			defer mu.Unlock()
+			if killed {
+				return
+			}
 			now := readProc(cfg.Direct.ServerPID)
 			iv := m.ivDel.Swap(new(Histogram))
 			acked := m.acked.Load()
@@ -145,12 +188,12 @@ func Soak(ctx context.Context, cfg SoakConfig) (SoakResult, error) {
 				s.Goroutines, s.Store = debugStats(ctx, cfg.DebugURL)
 			}
 			fmt.Fprintln(cfg.Out, s.line())
-			mu.Lock()
 			res.Samples = append(res.Samples, s)
-			mu.Unlock()
 		},
 	}
 	run, err := runDirect(ctx, cfg.Direct, hooks)
+	close(noKill)
+	killer.Wait()
 	res.Run = run
 	res.Run.Scenario = "soak"
 	if err != nil {

@@ -32,9 +32,10 @@ func TestBenchSmoke(t *testing.T) {
 		// idle fails unless every connection stays open through the hold.
 		{"idle", []string{"idle", "--conns", "40", "--procs", "2", "--hold", "1s", "--settle", "0s"}, []string{"40 connections held by 2 processes"}},
 		// A short soak: samples with the goroutines (from the debug listener) and the data
-		// files, the judgment, and the kill -9 and restart with the acked messages checked.
-		{"soak", []string{"soak", "--duration", "4s", "--every", "500ms", "--settle", "1s", "--pairs", "4", "--rate", "400", "--kill"},
-			[]string{"lost 0  duplicates 0  errors 0", "goroutines", "parley.db-wal", "everything that should be flat is flat",
+		// files, the judgment, and the kill -9 under load and the restart, with the acked
+		// messages checked.
+		{"soak", []string{"soak", "--duration", "6s", "--every", "500ms", "--settle", "1s", "--pairs", "4", "--rate", "400", "--kill"},
+			[]string{"goroutines", "parley.db-wal", "everything that should be flat is flat", "killed with SIGKILL",
 				"the last acked message of each of 4 conversations: all stored"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -55,10 +56,11 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// startProcess runs `parley serve` on data and returns a handle once it is ready.
-func startProcess(t *testing.T, bin, data string) (*testServer, *loadgen.Server) {
+// startProcess runs `parley serve` on data, with args after its own, and returns a handle
+// once it is ready.
+func startProcess(t *testing.T, bin, data string, args ...string) (*testServer, *loadgen.Server) {
 	t.Helper()
-	p, err := loadgen.StartServer(context.Background(), bin, data, "--argon2-memory-kib", "64", "--argon2-time", "1")
+	p, err := loadgen.StartServer(context.Background(), bin, data, append([]string{"--argon2-memory-kib", "64", "--argon2-time", "1"}, args...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,14 +71,47 @@ func startProcess(t *testing.T, bin, data string) (*testServer, *loadgen.Server)
 // TestCrashKeepsAckedMessages kills the server with SIGKILL while clients are sending and
 // starts it again on the same data: every acknowledged message is in history with the seq
 // its ack gave, the seqs are gapless, and resending the unacknowledged ones (same ids)
-// creates each at most once.
+// creates each at most once. Once with the defaults, and once with the WAL checkpointed and
+// restarted all the time, so that the kill finds it anywhere in its cycle: acked messages
+// in its frames, in the database, or both.
 func TestCrashKeepsAckedMessages(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
 	}
+	for _, tc := range []struct {
+		name     string
+		args     []string
+		restarts int64 // WAL restarts to see before the kill
+	}{
+		{"defaults", nil, 0},
+		{"WAL restarting", []string{"--sqlite-wal-restart-bytes", "65536", "--sqlite-checkpoint-interval", "2ms",
+			"--debug-listen", "127.0.0.1:0"}, 5},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testCrashKeepsAckedMessages(t, tc.args, tc.restarts) })
+	}
+}
+
+// walRestarts asks the server's debug listener how often its WAL has restarted.
+func walRestarts(t *testing.T, debugURL string) int64 {
+	t.Helper()
+	resp, err := http.Get(debugURL + "/debug/parley")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Store struct{ Restarts int64 } `json:"store"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		t.Fatal(err)
+	}
+	return body.Store.Restarts
+}
+
+func testCrashKeepsAckedMessages(t *testing.T, args []string, restarts int64) {
 	bin := buildParley(t)
 	data := t.TempDir()
-	ts, proc := startProcess(t, bin, data)
+	ts, proc := startProcess(t, bin, data, args...)
 	alice, bob := ts.signup("alice"), ts.signup("bob")
 	convs := []string{ts.direct(alice, bob).ID, ts.group(alice, "crash", bob).ID}
 
@@ -125,13 +160,20 @@ func TestCrashKeepsAckedMessages(t *testing.T) {
 			}
 		})
 	}
-	for acked.Load() < 400 {
+	deadline := time.Now().Add(time.Minute)
+	for acked.Load() < 400 || restarts > 0 && walRestarts(t, proc.DebugURL) < restarts {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d acked in a minute, and not %d WAL restarts", acked.Load(), restarts)
+		}
 		time.Sleep(5 * time.Millisecond)
+	}
+	if restarts > 0 {
+		t.Logf("the WAL restarted %d times before the kill", walRestarts(t, proc.DebugURL))
 	}
 	proc.Kill() // SIGKILL
 	wg.Wait()
 
-	ts2, _ := startProcess(t, bin, data)
+	ts2, _ := startProcess(t, bin, data, args...)
 	alice = ts2.login("alice")
 	stored := map[string]protocol.Message{}
 	for _, conv := range convs {

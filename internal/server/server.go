@@ -42,8 +42,10 @@ type Config struct {
 	NATSURL  string // external NATS; empty runs NATS in-process
 	RedisURL string // Redis for soft state (presence, limits, tickets); empty keeps it in memory
 
-	Chat     chat.Config
-	Gateway  gateway.Config
+	Chat    chat.Config
+	Gateway gateway.Config
+	// SQLite tunes the embedded store (its Log is set here).
+	SQLite   sqlite.Options
 	API      api.Config
 	Presence presence.Config
 
@@ -105,7 +107,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	}()
 
 	start := time.Now()
-	st, err := sqlite.Open(ctx, filepath.Join(cfg.Data, "parley.db"), sqlite.Options{Log: log.With("component", "store")})
+	cfg.SQLite.Log = log.With("component", "store")
+	st, err := sqlite.Open(ctx, filepath.Join(cfg.Data, "parley.db"), cfg.SQLite)
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}

@@ -83,7 +83,8 @@ type Store struct {
 	// checkpointer while it restarts the WAL (wal.go): a restart must wait until no reader
 	// is on the WAL, and readers that come and go without pause can keep that moment from
 	// ever arriving (seen here: one restart in a few hundred waited out its whole limit
-	// with one reader looping). Reads wait a restart out instead, about 2 ms.
+	// with one reader looping). Reads wait a restart out instead: the write in progress,
+	// then the restart itself, a few milliseconds.
 	readGate sync.RWMutex
 	ckpt     *sql.DB // one connection for the background checkpointer
 
@@ -205,11 +206,8 @@ func open(ctx context.Context, path string, fsys fs.FS, opts Options) (_ *Store,
 	}
 	s.ckpt.SetMaxOpenConns(1)
 	s.ckpt.SetConnMaxIdleTime(0)
-	if err := s.startCheckpointer(ctx); err != nil {
-		return nil, fmt.Errorf("sqlite: open %s: checkpointer: %w", path, err)
-	}
 
-	s.wc, s.rc = newStmtCache(s.writer), newStmtCache(s.reader)
+	s.wc, s.rc = newStmtCache(s.writer, nil), newStmtCache(s.reader, &s.readGate)
 	if err := s.w.prepare(ctx, s.writer); err != nil {
 		return nil, fmt.Errorf("sqlite: open %s: prepare: %w", path, err)
 	}
@@ -218,6 +216,10 @@ func open(ctx context.Context, path string, fsys fs.FS, opts Options) (_ *Store,
 	}
 	if err := s.rv.prepare(ctx, s.reader); err != nil {
 		return nil, fmt.Errorf("sqlite: open %s: prepare: %w", path, err)
+	}
+	// Last: from here on the reader pool is used only under readGate.
+	if err := s.startCheckpointer(ctx); err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: checkpointer: %w", path, err)
 	}
 	return s, nil
 }

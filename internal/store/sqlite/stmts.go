@@ -136,7 +136,10 @@ const maxCachedStmts = 256
 // would wait for itself. It runs unprepared that once, and a goroutine of the cache prepares
 // it on the pool when a connection is free.
 type stmtCache struct {
-	db      *sql.DB
+	db *sql.DB
+	// gate, if set, is held shared around background prepares: the reader pool's
+	// readGate, which every use of that pool holds (sqlite.go).
+	gate    *sync.RWMutex
 	ctx     context.Context // cancelled by close: stops background prepares
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
@@ -146,9 +149,9 @@ type stmtCache struct {
 	closed  bool
 }
 
-func newStmtCache(db *sql.DB) *stmtCache {
+func newStmtCache(db *sql.DB, gate *sync.RWMutex) *stmtCache {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &stmtCache{db: db, ctx: ctx, cancel: cancel, m: make(map[string]*sql.Stmt), pending: make(map[string]bool)}
+	return &stmtCache{db: db, gate: gate, ctx: ctx, cancel: cancel, m: make(map[string]*sql.Stmt), pending: make(map[string]bool)}
 }
 
 // stmt returns the cached statement for query. Outside a transaction it prepares it if
@@ -204,6 +207,10 @@ func (c *stmtCache) done(query string, st *sql.Stmt) bool {
 
 func (c *stmtCache) prepareLater(query string) {
 	defer c.wg.Done()
+	if c.gate != nil {
+		c.gate.RLock()
+		defer c.gate.RUnlock()
+	}
 	st, err := c.db.PrepareContext(c.ctx, query)
 	if err != nil {
 		c.done(query, nil) // the caller's unprepared run met (and reported) the same error

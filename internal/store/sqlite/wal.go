@@ -3,6 +3,7 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -257,13 +258,20 @@ func (s *Store) restartWAL(mode string) bool {
 	}
 	defer conn.Close()
 	// The wait for readers is bounded with the connection's busy timeout, not with a
-	// deadline on the context: at its deadline the driver interrupts the statement, and so
-	// would stop a checkpoint that a slow disk makes longer than RestartWait, every time.
+	// deadline on the context, which bounds whatever the driver does at its expiry, not
+	// just SQLite's busy handler.
 	if _, err := conn.ExecContext(ctx, "PRAGMA busy_timeout = "+strconv.FormatInt(max(1, s.opts.RestartWait.Milliseconds()), 10)); err != nil {
 		w.heldOff.Add(1)
 		return false
 	}
-	defer conn.ExecContext(ctx, "PRAGMA busy_timeout = "+strconv.Itoa(busyTimeoutMS))
+	defer func() {
+		if _, err := conn.ExecContext(ctx, "PRAGMA busy_timeout = "+strconv.Itoa(busyTimeoutMS)); err != nil {
+			// A writer left with the short timeout would fail against another process's
+			// lock: drop the connection; the next one gets the DSN's settings.
+			s.opts.Log.Warn("WAL restart: busy timeout not restored; the writer's connection is replaced", "err", err)
+			_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+		}
+	}()
 	var busy, frames, done int64
 	start := time.Now()
 	err = conn.QueryRowContext(ctx, "PRAGMA wal_checkpoint("+mode+")").Scan(&busy, &frames, &done)
