@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -185,7 +186,12 @@ func (c *Conn) request(ctx context.Context, w *waiter) (result, error) {
 			continue
 		}
 		retries++
-		t := time.NewTimer(c.backoff(retries))
+		wait := c.backoff(retries)
+		var ae *APIError
+		if errors.As(res.err, &ae) && ae.RetryAfter > wait {
+			wait = ae.RetryAfter // the server said when (rate_limited's retry_after_ms)
+		}
+		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
 		case <-ctx.Done():
@@ -338,7 +344,7 @@ func (c *Conn) onError(f *protocol.ServerFrame) {
 			op = "ws " + w.frame.Type + " " + f.ID
 		}
 		c.mu.Unlock()
-		err := &APIError{Op: op, Code: f.Code, Message: f.ErrMessage}
+		err := &APIError{Op: op, Code: f.Code, Message: f.ErrMessage, RetryAfter: time.Duration(f.RetryAfterMS) * time.Millisecond}
 		if _, ok := c.resolve(f.ID, result{err: err}, !retryable(f.Code)); ok {
 			return
 		}

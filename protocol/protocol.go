@@ -15,7 +15,9 @@ const (
 	CodeTooLarge     = "too_large"
 	CodeRateLimited  = "rate_limited"
 	CodeInternal     = "internal"
-	CodeUnavailable  = "unavailable" // server draining; retry elsewhere or later
+	CodeUnavailable  = "unavailable" // server draining or unable to store now; retry elsewhere or later
+	// CodeMethodNotAllowed is HTTP 405: the path exists, not with this method (see Allow).
+	CodeMethodNotAllowed = "method_not_allowed"
 )
 
 // Conversation types.
@@ -126,6 +128,9 @@ type Message struct {
 type Error struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
+	// RetryAfterMS is set on rate_limited: how long to wait before trying again (the
+	// Retry-After header says the same in whole seconds).
+	RetryAfterMS int64 `json:"retry_after_ms,omitempty"`
 }
 
 // ErrorBody wraps Error as it appears on the wire.
@@ -262,6 +267,8 @@ type (
 		ID      string `json:"id,omitempty"`
 		Code    string `json:"code"`
 		Message string `json:"message"`
+		// RetryAfterMS is set on rate_limited: the frame may be sent again after this long.
+		RetryAfterMS int64 `json:"retry_after_ms,omitempty"`
 	}
 	PongFrame struct {
 		Type string `json:"type"`
@@ -314,4 +321,6 @@ type ServerFrame struct {
 	LastSeenTS  int64  `json:"last_seen_ts,omitempty"`
 	ReconnectMS int64  `json:"reconnect_ms,omitempty"`
 	Reason      string `json:"reason,omitempty"`
+	// RetryAfterMS is the wait a rate_limited error frame asks for.
+	RetryAfterMS int64 `json:"retry_after_ms,omitempty"`
 }

@@ -13,6 +13,7 @@ import (
 	"io/fs"
 	"net/http"
 	"path"
+	"strings"
 	"time"
 )
 
@@ -21,9 +22,27 @@ var files embed.FS
 
 // csp keeps the app to its own origin: scripts and styles only from files it serves (no
 // inline script, no eval), so a message body that slipped into the DOM as markup could
-// still not run code. connect-src allows the WebSocket on the same host.
-const csp = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; " +
-	"connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+// still not run code. connect-src names the server's own WebSocket URLs (cspFor), not any
+// ws: or wss: host: injected script could not send what it read anywhere else.
+const (
+	cspHead = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'"
+	cspTail = "; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+// cspFor is the policy for a page served to host (the Host the browser asked for): 'self'
+// covers ws: and wss: to the same host only in newer browsers, so they are named too. A Host
+// with characters no host name has gets 'self' alone.
+func cspFor(host string) string {
+	for _, c := range host {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune(".-:[]", c)) {
+			return cspHead + cspTail
+		}
+	}
+	if host == "" {
+		return cspHead + cspTail
+	}
+	return cspHead + " ws://" + host + " wss://" + host + cspTail
+}
 
 type asset struct {
 	body []byte
@@ -70,7 +89,7 @@ func Handler() http.Handler {
 			return
 		}
 		h := w.Header()
-		h.Set("Content-Security-Policy", csp)
+		h.Set("Content-Security-Policy", cspFor(r.Host))
 		h.Set("X-Content-Type-Options", "nosniff")
 		h.Set("Referrer-Policy", "no-referrer")
 		h.Set("Cache-Control", "no-cache")

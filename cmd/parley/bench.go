@@ -204,9 +204,28 @@ func checked(err error, lost, dups, unanswered int) error {
 	return err
 }
 
-// startChild runs this binary's serve in a temp dir, with cheap password hashing (account
-// setup is not what is measured) and no per-connection rate limit. stop also removes the
-// directory.
+// benchServerArgs are the flags of a server the load generator starts: cheap password
+// hashing (account setup is not what is measured) and limits raised far above what one person
+// does, since one process here plays thousands of users from one address at machine speed.
+// The limits are raised, never switched off: every check still runs on every frame.
+var benchServerArgs = []string{
+	"--argon2-memory-kib", "64", "--argon2-time", "1", "--frames-per-second", "1000000",
+	"--limit", "send=1000000/s:1000000", "--limit", "edit=1000000/s:1000000",
+	"--limit", "react=1000000/s:1000000", "--limit", "receipt=1000000/s:1000000",
+	"--limit", "typing=1000000/s:1000000", "--limit", "group-create=1000000/s:1000000",
+	"--limit", "login-ip=1000000/s:1000000", "--limit", "login-account-ip=1000000/s:1000000",
+	"--limit", "login-account=1000000/s:1000000", "--limit", "signup-ip=1000000/s:1000000",
+	"--limit", "refresh-ip=1000000/s:1000000",
+	"--conns-per-ip", "1000000", "--conns-per-user", "10000",
+}
+
+// announceLimits says, once, that the server under load runs with raised limits.
+func announceLimits() {
+	fmt.Fprintln(os.Stderr, "bench: the server runs with its abuse limits raised for load (each at 1,000,000/s; connections per address 1,000,000): they are checked, not off")
+}
+
+// startChild runs this binary's serve in a temp dir with benchServerArgs. stop also removes
+// the directory.
 func startChild(ctx context.Context) (srv *loadgen.Server, stop func(), err error) {
 	exe, err := os.Executable()
 	if err != nil {
@@ -216,12 +235,12 @@ func startChild(ctx context.Context) (srv *loadgen.Server, stop func(), err erro
 	if err != nil {
 		return nil, nil, err
 	}
-	srv, err = loadgen.StartServer(ctx, exe, data,
-		"--argon2-memory-kib", "64", "--argon2-time", "1", "--frames-per-second", "1000000")
+	srv, err = loadgen.StartServer(ctx, exe, data, benchServerArgs...)
 	if err != nil {
 		_ = os.RemoveAll(data)
 		return nil, nil, fmt.Errorf("bench: %w", err)
 	}
+	announceLimits()
 	fmt.Fprintf(os.Stderr, "bench: started server pid %d at %s\n", srv.PID(), srv.URL)
 	return srv, func() { srv.Stop(); _ = os.RemoveAll(data) }, nil
 }

@@ -3,8 +3,11 @@ package main
 import (
 	"context"
 	"flag"
+	"fmt"
+	"strings"
 
 	"github.com/parley-chat/parley/internal/auth"
+	"github.com/parley-chat/parley/internal/limit"
 	"github.com/parley-chat/parley/internal/server"
 )
 
@@ -28,11 +31,27 @@ func serve(ctx context.Context, args []string) error {
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 0, "bound on a graceful shutdown (default 10s)")
 	argonMem := fs.Uint("argon2-memory-kib", uint(auth.DefaultParams().Memory), "argon2id memory cost per password hash, KiB")
 	argonTime := fs.Uint("argon2-time", uint(auth.DefaultParams().Time), "argon2id passes")
+	fs.Var(limit.Flag{C: &cfg.Limits}, "limit", "set one rate limit, name=RATE/UNIT:BURST (repeatable; e.g. send=20/s:200); see docs/security.md")
+	fs.IntVar(&cfg.Limits.ConnsPerUser, "conns-per-user", 0, "WebSocket connections one user may hold on this node (default 50)")
+	fs.IntVar(&cfg.Limits.ConnsPerIP, "conns-per-ip", 0, "WebSocket connections one client address may hold on this node (default 1000)")
+	fs.IntVar(&cfg.Limits.MaxDevices, "max-devices", 0, "logged-in devices per user; a login past it logs out the longest idle one (default 50)")
+	fs.IntVar(&cfg.Limits.MaxContacts, "max-contacts", 0, "contacts per user (default 5000)")
+	trusted := fs.String("trusted-proxies", "", "comma-separated addresses or CIDR prefixes of reverse proxies whose X-Forwarded-For is believed")
+	origins := fs.String("allowed-origins", "", "comma-separated origins browsers may open WebSockets from (default: the server's own; * allows any)")
 	fs.StringVar(&cfg.DebugListen, "debug-listen", "", "serve net/http/pprof on this address (e.g. 127.0.0.1:6060)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logJSON := fs.Bool("log-json", false, "log JSON lines instead of text")
-	if err := parseFlags(fs, args); err != nil {
+	err := parseFlags(fs, args)
+	if err != nil {
 		return err
+	}
+	if cfg.Limits.TrustedProxies, err = limit.ParsePrefixes(*trusted); err != nil {
+		return fmt.Errorf("--trusted-proxies: %w", err)
+	}
+	for _, o := range strings.Split(*origins, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			cfg.Gateway.AllowedOrigins = append(cfg.Gateway.AllowedOrigins, o)
+		}
 	}
 	cfg.API.Password = auth.Params{Memory: uint32(*argonMem), Time: uint32(*argonTime), Threads: auth.DefaultParams().Threads}
 	log, err := newLogger(*logLevel, *logJSON)

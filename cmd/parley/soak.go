@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/parley-chat/parley/internal/loadgen"
@@ -58,14 +59,14 @@ func benchSoak(ctx context.Context, args []string) error {
 		if err != nil {
 			return err
 		}
-		serverArgs = []string{"--argon2-memory-kib", "64", "--argon2-time", "1", "--frames-per-second", "1000000",
-			"--debug-listen", "127.0.0.1:0"}
+		serverArgs = append(slices.Clone(benchServerArgs), "--debug-listen", "127.0.0.1:0")
 		srv, err = loadgen.StartServer(ctx, exe, dir, serverArgs...)
 		if err != nil {
 			return fmt.Errorf("bench soak: %w", err)
 		}
 		defer func() { srv.Stop() }() // the restarted one, after --kill
 		fmt.Fprintf(os.Stderr, "bench: started server pid %d at %s, data in %s\n", srv.PID(), srv.URL, dir)
+		announceLimits()
 		cfg.Direct.URL, cfg.Direct.ServerPID = srv.URL, srv.PID()
 		cfg.DataDir, cfg.DebugURL = dir, srv.DebugURL
 		serverArgs = append(serverArgs, "--listen", srv.Addr) // a restart comes back where clients are

@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -19,6 +21,7 @@ import (
 	"github.com/parley-chat/parley/internal/auth"
 	"github.com/parley-chat/parley/internal/bus"
 	"github.com/parley-chat/parley/internal/chat"
+	"github.com/parley-chat/parley/internal/limit"
 	"github.com/parley-chat/parley/internal/presence"
 	"github.com/parley-chat/parley/internal/state"
 	"github.com/parley-chat/parley/internal/store"
@@ -31,10 +34,6 @@ type Config struct {
 	RefreshTTL time.Duration // lifetime of a refresh token, renewed on every refresh (default 30 days)
 	Password   auth.Params   // argon2id cost (default auth.DefaultParams)
 	TicketTTL  time.Duration // lifetime of a WebSocket ticket (default 30s)
-	// LoginBurst login attempts per username are allowed at once, then LoginRate per
-	// minute (defaults 10 and 6).
-	LoginBurst int
-	LoginRate  float64
 	// MaxHashing bounds concurrent password hashes: each takes Password.Memory KiB, and a
 	// burst of logins must not exhaust memory (default 4).
 	MaxHashing int
@@ -53,12 +52,6 @@ func (c Config) withDefaults() Config {
 	if c.TicketTTL <= 0 {
 		c.TicketTTL = 30 * time.Second
 	}
-	if c.LoginBurst <= 0 {
-		c.LoginBurst = 10
-	}
-	if c.LoginRate <= 0 {
-		c.LoginRate = 6
-	}
 	if c.MaxHashing <= 0 {
 		c.MaxHashing = 4
 	}
@@ -71,7 +64,8 @@ type API struct {
 	st      store.Store
 	chat    *chat.Service
 	tokens  *auth.Tokens
-	soft    state.State // tickets and login rate limits
+	soft    state.State // tickets
+	lim     *limit.Limiter
 	bus     bus.Bus
 	devices *activeDevices
 	sub     bus.Subscription
@@ -85,7 +79,7 @@ type API struct {
 }
 
 // New builds the API. key signs access tokens.
-func New(cfg Config, st store.Store, c *chat.Service, pres *presence.Service, soft state.State, b bus.Bus, key []byte, log *slog.Logger) (*API, error) {
+func New(cfg Config, st store.Store, c *chat.Service, pres *presence.Service, soft state.State, lim *limit.Limiter, b bus.Bus, key []byte, log *slog.Logger) (*API, error) {
 	cfg = cfg.withDefaults()
 	tokens, err := auth.NewTokens(key, cfg.AccessTTL, time.Now)
 	if err != nil {
@@ -96,7 +90,7 @@ func New(cfg Config, st store.Store, c *chat.Service, pres *presence.Service, so
 		return nil, fmt.Errorf("api: %w", err)
 	}
 	a := &API{
-		cfg: cfg, st: st, chat: c, tokens: tokens, soft: soft, bus: b, devices: newActiveDevices(5 * time.Second), pres: pres, log: log, now: time.Now,
+		cfg: cfg, st: st, chat: c, tokens: tokens, soft: soft, lim: lim, bus: b, devices: newActiveDevices(5 * time.Second), pres: pres, log: log, now: time.Now,
 		hashing: make(chan struct{}, cfg.MaxHashing), dummyHash: dummy,
 	}
 	if a.sub, err = a.devices.subscribe(b); err != nil {
@@ -108,32 +102,97 @@ func New(cfg Config, st store.Store, c *chat.Service, pres *presence.Service, so
 // Close stops listening for revoked devices.
 func (a *API) Close() error { return a.sub.Unsubscribe() }
 
+// route is one endpoint: its pattern, its handler, and whether it takes a bearer token.
+type route struct {
+	pattern string
+	h       http.HandlerFunc
+	public  bool
+}
+
+// routes is every endpoint of the API. Patterns reads it too, so that a test covering each
+// route learns of a new one.
+func (a *API) routes() []route {
+	return []route{
+		{"POST /api/v1/auth/signup", a.signup, true},
+		{"POST /api/v1/auth/login", a.login, true},
+		{"POST /api/v1/auth/refresh", a.refresh, true},
+		{"POST /api/v1/auth/logout", a.logout, false},
+		{"GET /api/v1/me", a.me, false},
+		{"PATCH /api/v1/me", a.patchMe, false},
+		{"GET /api/v1/users/{id}", a.user, false},
+		{"GET /api/v1/users", a.searchUsers, false},
+		{"PUT /api/v1/contacts/{user_id}", a.putContact, false},
+		{"DELETE /api/v1/contacts/{user_id}", a.deleteContact, false},
+		{"GET /api/v1/contacts", a.contacts, false},
+		{"POST /api/v1/conversations", a.createConversation, false},
+		{"GET /api/v1/conversations", a.conversations, false},
+		{"GET /api/v1/conversations/{id}", a.conversation, false},
+		{"PATCH /api/v1/conversations/{id}", a.patchConversation, false},
+		{"POST /api/v1/conversations/{id}/members", a.addMembers, false},
+		{"DELETE /api/v1/conversations/{id}/members/{user_id}", a.removeMember, false},
+		{"GET /api/v1/conversations/{id}/messages", a.messages, false},
+		{"GET /api/v1/sync", a.sync, false},
+		{"POST /api/v1/ws/ticket", a.ticket, false},
+		{"GET /api/v1/presence", a.presence, false},
+	}
+}
+
+// Patterns lists the pattern of every route Routes registers.
+func Patterns() []string {
+	var a *API // method values of a nil *API are never called here
+	var out []string
+	for _, r := range a.routes() {
+		out = append(out, r.pattern)
+	}
+	return out
+}
+
 // Routes registers the API's handlers on mux under /api/v1.
 func (a *API) Routes(mux *http.ServeMux) {
-	mux.HandleFunc("POST /api/v1/auth/signup", a.signup)
-	mux.HandleFunc("POST /api/v1/auth/login", a.login)
-	mux.HandleFunc("POST /api/v1/auth/refresh", a.refresh)
-	mux.Handle("POST /api/v1/auth/logout", a.authed(a.logout))
-	mux.Handle("GET /api/v1/me", a.authed(a.me))
-	mux.Handle("PATCH /api/v1/me", a.authed(a.patchMe))
-	mux.Handle("GET /api/v1/users/{id}", a.authed(a.user))
-	mux.Handle("GET /api/v1/users", a.authed(a.searchUsers))
-	mux.Handle("PUT /api/v1/contacts/{user_id}", a.authed(a.putContact))
-	mux.Handle("DELETE /api/v1/contacts/{user_id}", a.authed(a.deleteContact))
-	mux.Handle("GET /api/v1/contacts", a.authed(a.contacts))
-	mux.Handle("POST /api/v1/conversations", a.authed(a.createConversation))
-	mux.Handle("GET /api/v1/conversations", a.authed(a.conversations))
-	mux.Handle("GET /api/v1/conversations/{id}", a.authed(a.conversation))
-	mux.Handle("PATCH /api/v1/conversations/{id}", a.authed(a.patchConversation))
-	mux.Handle("POST /api/v1/conversations/{id}/members", a.authed(a.addMembers))
-	mux.Handle("DELETE /api/v1/conversations/{id}/members/{user_id}", a.authed(a.removeMember))
-	mux.Handle("GET /api/v1/conversations/{id}/messages", a.authed(a.messages))
-	mux.Handle("GET /api/v1/sync", a.authed(a.sync))
-	mux.Handle("POST /api/v1/ws/ticket", a.authed(a.ticket))
-	mux.Handle("GET /api/v1/presence", a.authed(a.presence))
+	for _, r := range a.routes() {
+		h := a.checkQuery(r.h)
+		if !r.public {
+			h = a.authed(h)
+		}
+		mux.Handle(r.pattern, h)
+	}
 	mux.HandleFunc("/api/v1/", func(w http.ResponseWriter, r *http.Request) {
+		if allow := allowedMethods(mux, r); len(allow) > 0 {
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+			a.writeError(w, r, chat.Errorf(protocol.CodeMethodNotAllowed, "%s is not allowed on %s; use %s", r.Method, r.URL.Path, strings.Join(allow, " or ")))
+			return
+		}
 		a.writeError(w, r, chat.Errorf(protocol.CodeNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
+}
+
+// checkQuery refuses a query string that does not parse ("?cursor=%%%"), which Go would
+// otherwise drop in silence, answering as if no parameter had been given.
+func (a *API) checkQuery(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := url.ParseQuery(r.URL.RawQuery); err != nil {
+			a.writeError(w, r, chat.Errorf(protocol.CodeBadRequest, "the query string is malformed: %s", chat.Clip(err.Error())))
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// allowedMethods lists the methods mux has a route for at r's path, other than this
+// catch-all: a path that exists but not with r's method is a 405, not a 404.
+func allowedMethods(mux *http.ServeMux, r *http.Request) []string {
+	var allow []string
+	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, pattern := mux.Handler(probe); pattern != "/api/v1/" && pattern != "" {
+			allow = append(allow, m)
+			if m == http.MethodGet {
+				allow = append(allow, http.MethodHead) // a GET route answers HEAD too
+			}
+		}
+	}
+	return allow
 }
 
 // authenticate checks a bearer access token and that its device is still logged in.
@@ -166,7 +225,7 @@ func (a *API) checkDevice(ctx context.Context, userID, deviceID string) (caller,
 	return caller{userID: userID, deviceID: deviceID}, nil
 }
 
-func (a *API) authed(h http.HandlerFunc) http.Handler {
+func (a *API) authed(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c, err := a.authenticate(r.Context(), r.Header.Get("Authorization"))
 		if err != nil {
@@ -174,7 +233,7 @@ func (a *API) authed(h http.HandlerFunc) http.Handler {
 			a.writeError(w, r, err)
 			return
 		}
-		h(w, r.WithContext(context.WithValue(r.Context(), keyCaller, c)))
+		h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), keyCaller, c)))
 	})
 }
 
@@ -217,7 +276,12 @@ func (a *API) hash(ctx context.Context, f func()) error {
 
 func (a *API) signup(w http.ResponseWriter, r *http.Request) {
 	var req protocol.SignupRequest
-	if err := readJSON(r, &req); err != nil {
+	if err := readAuthJSON(r, &req); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	// Per address, before any hashing: accounts cost a password hash and a row each.
+	if err := a.lim.Key(r.Context(), "signups from this address", a.lim.Config().SignupIP, a.lim.ClientIP(r)); err != nil {
 		a.writeError(w, r, err)
 		return
 	}
@@ -230,13 +294,13 @@ func (a *API) signup(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, chat.Errorf(protocol.CodeBadRequest, "%v", err))
 		return
 	}
-	display := strings.TrimSpace(req.DisplayName)
-	if display == "" {
-		display = username
-	}
-	if err := auth.ValidateDisplayName(display); err != nil {
+	display, err := auth.CleanName("display_name", req.DisplayName, auth.DisplayNameMaxLen)
+	if err != nil {
 		a.writeError(w, r, chat.Errorf(protocol.CodeBadRequest, "%v", err))
 		return
+	}
+	if display == "" {
+		display = username
 	}
 	var hash string
 	var herr error
@@ -257,22 +321,18 @@ func (a *API) signup(w http.ResponseWriter, r *http.Request) {
 
 func (a *API) login(w http.ResponseWriter, r *http.Request) {
 	var req protocol.LoginRequest
-	if err := readJSON(r, &req); err != nil {
+	if err := readAuthJSON(r, &req); err != nil {
 		a.writeError(w, r, err)
 		return
 	}
 	bad := chat.Errorf(protocol.CodeUnauthorized, "wrong username or password")
 	username := auth.NormalizeUsername(req.Username)
-	// Password guessing is slowed per account, whichever addresses it comes from: a burst of
-	// LoginBurst attempts, then LoginRate per minute.
-	allowed, wait, err := a.soft.Allow(r.Context(), "login:"+username, a.cfg.LoginRate/60, a.cfg.LoginBurst, a.now().UnixMilli())
-	if err != nil {
+	if err := a.loginAllowed(r, username); err != nil {
 		a.writeError(w, r, err)
 		return
 	}
-	if !allowed {
-		w.Header().Set("Retry-After", strconv.Itoa(int(wait.Seconds())+1))
-		a.writeError(w, r, chat.Errorf(protocol.CodeRateLimited, "too many login attempts for %q; try again in %d s", username, int(wait.Seconds())+1))
+	if auth.ValidateUsername(username) != nil {
+		a.writeError(w, r, bad) // no such account can exist: nothing to look up or hash
 		return
 	}
 	u, hash, err := a.st.UserByUsername(r.Context(), username)
@@ -312,11 +372,73 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) {
 		ID: newID(), UserID: u.ID, Name: name, RefreshHash: refreshHash,
 		RefreshExpiresTS: now.Add(a.cfg.RefreshTTL).UnixMilli(), CreatedTS: now.UnixMilli(),
 	}
+	if err := a.makeRoomForDevice(r, u.ID); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
 	if err := a.st.CreateDevice(r.Context(), d); err != nil {
 		a.writeError(w, r, err)
 		return
 	}
 	a.issue(w, r, u.ID, d.ID, refresh)
+}
+
+// loginAllowed applies the login limits, narrowest first, so that an address over its own
+// limit does not also draw on the account's: per client address (password spraying over many
+// accounts), per account from that address, and per account from anywhere (a distributed
+// guess). None locks an account: each bucket refills, and the account-wide one is large
+// enough that one address alone cannot empty it, so the owner logging in from elsewhere gets
+// in once its Retry-After has passed.
+func (a *API) loginAllowed(r *http.Request, username string) error {
+	cfg, ip, ctx := a.lim.Config(), a.lim.ClientIP(r), r.Context()
+	if err := a.lim.Key(ctx, "login attempts from this address", cfg.LoginIP, ip); err != nil {
+		return err
+	}
+	if err := a.lim.Key(ctx, "login attempts for this account from this address", cfg.LoginAccountIP, username+"\x00"+ip); err != nil {
+		return err
+	}
+	return a.lim.Key(ctx, "login attempts for this account", cfg.LoginAccount, username)
+}
+
+// makeRoomForDevice logs out the longest idle devices of userID (the ones refreshed longest
+// ago) until a new one fits under MaxDevices: a script that logs in without ever logging
+// out must not grow the user's devices without bound, and an error would lock its owner out.
+func (a *API) makeRoomForDevice(r *http.Request, userID string) error {
+	ds, err := a.st.DevicesOf(r.Context(), userID)
+	if err != nil {
+		return err
+	}
+	excess := len(ds) - a.lim.Config().MaxDevices + 1
+	if excess <= 0 {
+		return nil
+	}
+	slices.SortFunc(ds, func(x, y store.Device) int { return cmp.Compare(x.RefreshExpiresTS, y.RefreshExpiresTS) })
+	for _, d := range ds[:excess] {
+		if err := a.revokeDevice(r.Context(), userID, d.ID); err != nil {
+			return err
+		}
+		a.log.Info("device limit: logged out the longest idle device", "user", userID, "device", d.ID,
+			"request_id", requestID(r.Context()))
+	}
+	return nil
+}
+
+// revokeDevice logs a device out everywhere at once: its tokens stop working, every node
+// forgets it as active, its sockets close.
+func (a *API) revokeDevice(ctx context.Context, userID, deviceID string) error {
+	if err := a.st.RevokeDevice(ctx, deviceID, a.now().UnixMilli()); err != nil {
+		return err
+	}
+	a.devices.drop(deviceID)
+	if err := a.bus.Publish(RevokedSubject, []byte(deviceID)); err != nil {
+		a.log.Warn("announce revoked device", "request_id", requestID(ctx), "err", err)
+	}
+	if err := a.chat.DisconnectDevice(userID, deviceID); err != nil {
+		// The device is logged out regardless: its next request or reconnect is refused.
+		a.log.Warn("disconnect logged-out device", "request_id", requestID(ctx), "err", err)
+	}
+	a.pres.Gone(ctx, userID, deviceID)
+	return nil
 }
 
 // issue answers with a fresh access token and the given refresh token.
@@ -334,14 +456,24 @@ func (a *API) issue(w http.ResponseWriter, r *http.Request, userID, deviceID, re
 
 func (a *API) refresh(w http.ResponseWriter, r *http.Request) {
 	var req protocol.RefreshRequest
-	if err := readJSON(r, &req); err != nil {
+	if err := readAuthJSON(r, &req); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if err := a.lim.Key(r.Context(), "token refreshes from this address", a.lim.Config().RefreshIP, a.lim.ClientIP(r)); err != nil {
 		a.writeError(w, r, err)
 		return
 	}
 	invalid := chat.Errorf(protocol.CodeUnauthorized, "refresh token is invalid, used or expired; log in again")
 	oldHash := auth.HashRefreshToken(req.RefreshToken)
+	now := a.now().UnixMilli()
 	d, err := a.st.DeviceByRefreshHash(r.Context(), oldHash)
-	if errors.Is(err, store.ErrNotFound) || (err == nil && d.RefreshExpiresTS < a.now().UnixMilli()) {
+	if errors.Is(err, store.ErrNotFound) {
+		a.refreshReused(r, oldHash)
+		a.writeError(w, r, invalid)
+		return
+	}
+	if err == nil && d.RefreshExpiresTS < now {
 		a.writeError(w, r, invalid)
 		return
 	}
@@ -355,7 +487,7 @@ func (a *API) refresh(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	exp := a.now().Add(a.cfg.RefreshTTL).UnixMilli()
-	if err := a.st.RotateRefresh(r.Context(), d.ID, oldHash, newHash, exp); err != nil {
+	if err := a.st.RotateRefresh(r.Context(), d.ID, oldHash, newHash, exp, now); err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			err = invalid // a concurrent refresh with the same token won
 		}
@@ -365,21 +497,31 @@ func (a *API) refresh(w http.ResponseWriter, r *http.Request) {
 	a.issue(w, r, d.UserID, d.ID, refresh)
 }
 
+// refreshReused handles a refresh token that is not current: if the device rotated it out,
+// two parties hold the device's tokens and one of them stole them (RFC 9700 §4.14). Which
+// one cannot be told, so the whole device is logged out: the thief's newest token stops
+// working, and so does the owner's, who logs in again.
+func (a *API) refreshReused(r *http.Request, hash string) {
+	d, err := a.st.DeviceByRotatedRefresh(r.Context(), hash)
+	if err != nil || d.RevokedTS != 0 {
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			a.log.Error("look up rotated refresh token", "request_id", requestID(r.Context()), "err", err)
+		}
+		return
+	}
+	a.log.Warn("rotated refresh token presented again: device logged out", "user", d.UserID, "device", d.ID,
+		"client_ip", a.lim.ClientIP(r), "request_id", requestID(r.Context()))
+	if err := a.revokeDevice(r.Context(), d.UserID, d.ID); err != nil {
+		a.log.Error("log out device after refresh token reuse", "device", d.ID, "err", err)
+	}
+}
+
 func (a *API) logout(w http.ResponseWriter, r *http.Request) {
 	c := callerOf(r)
-	if err := a.st.RevokeDevice(r.Context(), c.deviceID, a.now().UnixMilli()); err != nil {
+	if err := a.revokeDevice(r.Context(), c.userID, c.deviceID); err != nil {
 		a.writeError(w, r, err)
 		return
 	}
-	a.devices.drop(c.deviceID)
-	if err := a.bus.Publish(RevokedSubject, []byte(c.deviceID)); err != nil {
-		a.log.Warn("announce revoked device", "request_id", requestID(r.Context()), "err", err)
-	}
-	if err := a.chat.DisconnectDevice(c.userID, c.deviceID); err != nil {
-		// The device is logged out regardless: its next request or reconnect is refused.
-		a.log.Warn("disconnect logged-out device", "request_id", requestID(r.Context()), "err", err)
-	}
-	a.pres.Gone(r.Context(), c.userID, c.deviceID)
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -403,9 +545,12 @@ func (a *API) patchMe(w http.ResponseWriter, r *http.Request) {
 		a.me(w, r)
 		return
 	}
-	name := strings.TrimSpace(*req.DisplayName)
-	if err := auth.ValidateDisplayName(name); err != nil || name == "" {
-		a.writeError(w, r, chat.Errorf(protocol.CodeBadRequest, "display_name must be 1 to 64 characters without control characters"))
+	name, err := auth.CleanName("display_name", *req.DisplayName, auth.DisplayNameMaxLen)
+	if err == nil && name == "" {
+		err = fmt.Errorf("display_name must be 1 to %d characters", auth.DisplayNameMaxLen)
+	}
+	if err != nil {
+		a.writeError(w, r, chat.Errorf(protocol.CodeBadRequest, "%v", err))
 		return
 	}
 	u, err := a.st.SetDisplayName(r.Context(), id, name)
@@ -447,6 +592,15 @@ func (a *API) putContact(w http.ResponseWriter, r *http.Request) {
 	c, other := callerOf(r), r.PathValue("user_id")
 	if other == c.userID {
 		a.writeError(w, r, chat.Errorf(protocol.CodeBadRequest, "you cannot add yourself as a contact"))
+		return
+	}
+	have, err := a.st.ContactsOf(r.Context(), c.userID)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if max := a.lim.Config().MaxContacts; len(have) >= max && !slices.ContainsFunc(have, func(u protocol.User) bool { return u.ID == other }) {
+		a.writeError(w, r, chat.Errorf(protocol.CodeConflict, "the contact list is full (%d contacts); remove one first", max))
 		return
 	}
 	if err := a.st.PutContact(r.Context(), c.userID, other, a.now().UnixMilli()); err != nil {
@@ -500,6 +654,10 @@ func (a *API) createConversation(w http.ResponseWriter, r *http.Request) {
 		}
 		writeJSON(w, status, protocol.ConversationBody{Conversation: c})
 	case protocol.Group:
+		if err := a.lim.User(r.Context(), "groups created", a.lim.Config().GroupCreate, me); err != nil {
+			a.writeError(w, r, err)
+			return
+		}
 		c, err := a.chat.CreateGroup(r.Context(), me, req.Name, req.MemberIDs)
 		if err != nil {
 			a.writeError(w, r, err)
@@ -519,7 +677,7 @@ func (a *API) conversations(w http.ResponseWriter, r *http.Request) {
 	}
 	cs, next, err := a.st.ConversationsOf(r.Context(), callerOf(r).userID, r.URL.Query().Get("cursor"), limit)
 	if err != nil {
-		if errors.Is(err, store.ErrNotFound) {
+		if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrBadCursor) {
 			err = chat.Errorf(protocol.CodeBadRequest, "cursor is not one this server gave out")
 		}
 		a.writeError(w, r, err)

@@ -72,7 +72,9 @@ func WithRequestLog(log *slog.Logger, next http.Handler) http.Handler {
 		start := time.Now()
 		next.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), keyRequestID, id)))
 		level := slog.LevelDebug
-		if sw.status >= 500 {
+		if sw.status >= 500 && sw.status != http.StatusServiceUnavailable {
+			// Not 503: draining or a full disk answer every request so, and their cause
+			// is logged once where it is found.
 			level = slog.LevelError
 		}
 		log.Log(r.Context(), level, "http", "request_id", id, "method", r.Method, "path", r.URL.Path,
@@ -81,19 +83,21 @@ func WithRequestLog(log *slog.Logger, next http.Handler) http.Handler {
 }
 
 var httpStatus = map[string]int{
-	protocol.CodeBadRequest:   http.StatusBadRequest,
-	protocol.CodeUnauthorized: http.StatusUnauthorized,
-	protocol.CodeForbidden:    http.StatusForbidden,
-	protocol.CodeNotFound:     http.StatusNotFound,
-	protocol.CodeConflict:     http.StatusConflict,
-	protocol.CodeTooLarge:     http.StatusRequestEntityTooLarge,
-	protocol.CodeRateLimited:  http.StatusTooManyRequests,
-	protocol.CodeUnavailable:  http.StatusServiceUnavailable,
-	protocol.CodeInternal:     http.StatusInternalServerError,
+	protocol.CodeBadRequest:       http.StatusBadRequest,
+	protocol.CodeUnauthorized:     http.StatusUnauthorized,
+	protocol.CodeForbidden:        http.StatusForbidden,
+	protocol.CodeNotFound:         http.StatusNotFound,
+	protocol.CodeConflict:         http.StatusConflict,
+	protocol.CodeTooLarge:         http.StatusRequestEntityTooLarge,
+	protocol.CodeRateLimited:      http.StatusTooManyRequests,
+	protocol.CodeUnavailable:      http.StatusServiceUnavailable,
+	protocol.CodeInternal:         http.StatusInternalServerError,
+	protocol.CodeMethodNotAllowed: http.StatusMethodNotAllowed,
 }
 
 // writeError answers err with its status and {"error":{code,message}}. Internal errors are
-// logged with the request id; the client gets only a generic message.
+// logged with the request id; the client gets only a generic message. rate_limited carries
+// Retry-After (seconds, rounded up) and retry_after_ms.
 func (a *API) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	code, msg := chat.Code(err)
 	if code == protocol.CodeInternal {
@@ -103,10 +107,15 @@ func (a *API) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if status == 0 {
 		status = http.StatusInternalServerError
 	}
-	if code == protocol.CodeRateLimited && w.Header().Get("Retry-After") == "" {
-		w.Header().Set("Retry-After", "1")
+	body := protocol.Error{Code: code, Message: msg}
+	if code == protocol.CodeRateLimited {
+		wait := max(chat.RetryAfter(err), time.Millisecond)
+		body.RetryAfterMS = wait.Milliseconds()
+		if w.Header().Get("Retry-After") == "" {
+			w.Header().Set("Retry-After", strconv.FormatInt(int64((wait+time.Second-1)/time.Second), 10))
+		}
 	}
-	writeJSON(w, status, protocol.ErrorBody{Error: protocol.Error{Code: code, Message: msg}})
+	writeJSON(w, status, protocol.ErrorBody{Error: body})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -115,20 +124,45 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
+// maxAuthBody bounds the bodies of requests made before authentication (signup, login,
+// refresh): what a stranger sends is read into memory, so it must be small.
+const maxAuthBody = 64 << 10
+
 // readJSON decodes the request body into v, with a size limit and errors a client can act on.
-func readJSON(r *http.Request, v any) error {
-	body := http.MaxBytesReader(nil, r.Body, maxRequestBody)
-	err := json.NewDecoder(body).Decode(v)
+func readJSON(r *http.Request, v any) error { return decodeBody(r, v, maxRequestBody) }
+
+// readAuthJSON is readJSON for requests from strangers.
+func readAuthJSON(r *http.Request, v any) error { return decodeBody(r, v, maxAuthBody) }
+
+func decodeBody(r *http.Request, v any, limit int64) error {
+	body := http.MaxBytesReader(nil, r.Body, limit)
+	dec := json.NewDecoder(body)
+	err := dec.Decode(v)
+	if err == nil {
+		// One JSON value and nothing after it but white space.
+		if _, terr := dec.Token(); terr != io.EOF {
+			err = errTrailing
+		}
+	}
+	return bodyError(err, limit)
+}
+
+var errTrailing = errors.New("trailing data after the JSON object")
+
+// bodyError words a decoding error in the API's terms (chat.DecodeError).
+func bodyError(err error, limit int64) error {
 	var tooLarge *http.MaxBytesError
 	switch {
 	case err == nil:
 		return nil
 	case errors.As(err, &tooLarge):
-		return chat.Errorf(protocol.CodeTooLarge, "request body is larger than %d bytes", maxRequestBody)
+		return chat.Errorf(protocol.CodeTooLarge, "request body is larger than %d bytes", limit)
 	case errors.Is(err, io.EOF):
 		return chat.Errorf(protocol.CodeBadRequest, "request body is empty; expected a JSON object")
+	case errors.Is(err, errTrailing):
+		return chat.Errorf(protocol.CodeBadRequest, "request body has data after the JSON object")
 	default:
-		return chat.Errorf(protocol.CodeBadRequest, "request body is not valid JSON: %v", err)
+		return chat.DecodeError("request body", err)
 	}
 }
 

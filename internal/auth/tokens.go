@@ -75,6 +75,8 @@ func NewTokens(key []byte, accessTTL time.Duration, now func() time.Time) (*Toke
 			jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
 			jwt.WithIssuer(Issuer),
 			jwt.WithExpirationRequired(),
+			// One encoding per token: no second spelling of a signature is accepted.
+			jwt.WithStrictDecoding(),
 			jwt.WithTimeFunc(now),
 		),
 	}, nil

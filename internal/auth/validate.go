@@ -5,6 +5,8 @@ import (
 	"strings"
 	"unicode"
 	"unicode/utf8"
+
+	"golang.org/x/text/unicode/norm"
 )
 
 // Limits on account inputs.
@@ -96,4 +98,57 @@ func ValidateDisplayName(s string) error {
 		}
 	}
 	return nil
+}
+
+// CleanName returns a display name or group name as it is stored: NFC-normalised (so that
+// the same name typed on two systems is the same string) and trimmed. It refuses, naming
+// field, a name that is not UTF-8, longer than max characters, holds control characters or
+// bidirectional overrides, embeddings or isolates (U+202A–U+202E, U+2066–U+2069: they make
+// "gpj.exe" read as "exe.jpg" and spill into the text around the name), or nothing but
+// invisible characters and spaces. An empty result is returned as is: the caller decides
+// what no name means.
+func CleanName(field, s string, max int) (string, error) {
+	invalid := func(format string, args ...any) error {
+		return &ValidationError{Field: field, Message: fmt.Sprintf(format, args...)}
+	}
+	if !utf8.ValidString(s) {
+		return "", invalid("%s must be valid UTF-8 text", field)
+	}
+	s = strings.TrimSpace(norm.NFC.String(s))
+	if n := utf8.RuneCountInString(s); n > max {
+		return "", invalid("%s must be at most %d characters long; this one has %d", field, max, n)
+	}
+	visible := s == ""
+	pos := 0
+	for _, r := range s {
+		pos++
+		switch {
+		case unicode.IsControl(r):
+			return "", invalid("%s must not contain control characters; U+%04X at position %d is one", field, r, pos)
+		case isBidiControl(r):
+			return "", invalid("%s must not contain bidirectional controls; U+%04X at position %d is one", field, r, pos)
+		case !isInvisible(r):
+			visible = true
+		}
+	}
+	if !visible {
+		return "", invalid("%s must contain a visible character", field)
+	}
+	return s, nil
+}
+
+// isBidiControl reports the explicit directional embeddings, overrides and isolates.
+func isBidiControl(r rune) bool {
+	return (r >= 0x202A && r <= 0x202E) || (r >= 0x2066 && r <= 0x2069)
+}
+
+// isInvisible reports characters that draw nothing: spaces, format characters (zero-width
+// space and joiners, marks), combining marks on their own, and the blank fillers that
+// scripts define (Hangul fillers, the blank Braille pattern).
+func isInvisible(r rune) bool {
+	switch r {
+	case 0x115F, 0x1160, 0x3164, 0xFFA0, 0x2800, 0x034F:
+		return true
+	}
+	return unicode.IsSpace(r) || unicode.In(r, unicode.Cf, unicode.Mn, unicode.Me)
 }

@@ -101,3 +101,44 @@ func TestValidateDisplayName(t *testing.T) {
 		{"bad\xffutf8", "valid UTF-8"},
 	})
 }
+
+func TestCleanName(t *testing.T) {
+	tests := []struct {
+		name, in, want, err string
+	}{
+		{"plain", "Alice", "Alice", ""},
+		{"trimmed", "  Alice \n", "Alice", ""},
+		{"NFC", "Rene\u0301", "Ren\u00e9", ""},
+		{"empty stays empty", "   ", "", ""},
+		{"emoji", "🦊 fox", "🦊 fox", ""},
+		{"right-to-left script", "שלום", "שלום", ""},
+		{"joiner inside visible text", "👩\u200d💻", "👩\u200d💻", ""},
+		{"RLO", "abc\u202egpj.exe", "", "bidirectional"},
+		{"LRE", "\u202aabc", "", "bidirectional"},
+		{"isolate", "a\u2066b", "", "bidirectional"},
+		{"PDI", "a\u2069", "", "bidirectional"},
+		{"zero-width only", "\u200b\u200c\u200d", "", "visible"},
+		{"Hangul filler only", "\u3164", "", "visible"},
+		{"braille blank only", "\u2800 \u2800", "", "visible"},
+		{"combining mark only", "\u0301", "", "visible"},
+		{"control", "a\x07b", "", "control"},
+		{"newline inside", "a\nb", "", "control"},
+		{"not UTF-8", "a\xffb", "", "UTF-8"},
+		{"too long", strings.Repeat("é", 65), "", "at most 64"},
+		{"64 after NFC", strings.Repeat("e\u0301", 64), strings.Repeat("\u00e9", 64), ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := CleanName("display_name", tt.in, 64)
+			if tt.err == "" {
+				if err != nil || got != tt.want {
+					t.Fatalf("CleanName(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.err) || !strings.Contains(err.Error(), "display_name") {
+				t.Fatalf("CleanName(%q) = %q, %v; want an error about %s naming the field", tt.in, got, err, tt.err)
+			}
+		})
+	}
+}

@@ -15,9 +15,12 @@ package chat
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -90,6 +93,12 @@ type Service struct {
 	receipts  chan *receiptOp
 	// receiptsDone is closed when the receipt batcher has returned.
 	receiptsDone chan struct{}
+
+	// unavailable is set while the store refuses writes for want of disk: sends are answered
+	// unavailable, Ready fails (so /readyz says not ready), and it is logged once, not once
+	// per send. lastProbe (unix ms) spaces Ready's probes of the store.
+	unavailable atomic.Bool
+	lastProbe   atomic.Int64
 
 	typing     *typing
 	stopTimers chan struct{}
@@ -257,16 +266,16 @@ func (s *Service) validate(ctx context.Context, ev *Event) error {
 		if string(ev.Attachments) == "null" {
 			ev.Attachments = nil
 		}
-		if len(ev.Attachments) > 0 && (!json.Valid(ev.Attachments) || ev.Attachments[0] != '[') {
-			return Errorf(protocol.CodeBadRequest, "attachments must be a JSON array")
+		if err := checkAttachments(ev.Attachments); err != nil {
+			return err
 		}
-		if ev.Body == "" && len(ev.Attachments) == 0 {
-			return Errorf(protocol.CodeBadRequest, "body is empty")
+		if len(ev.Attachments) == 0 && strings.TrimSpace(ev.Body) == "" {
+			return Errorf(protocol.CodeBadRequest, "body is empty or only white space")
 		}
 		return s.checkBody(ev.Body)
 	case protocol.KindEdit:
-		if ev.Body == "" {
-			return Errorf(protocol.CodeBadRequest, "an edit needs the new body")
+		if strings.TrimSpace(ev.Body) == "" {
+			return Errorf(protocol.CodeBadRequest, "an edit needs the new body (not only white space)")
 		}
 		if err := s.checkBody(ev.Body); err != nil {
 			return err
@@ -300,6 +309,34 @@ func (s *Service) checkBody(body string) error {
 	}
 	if !utf8.ValidString(body) {
 		return Errorf(protocol.CodeBadRequest, "body is not valid UTF-8")
+	}
+	if strings.IndexByte(body, 0) >= 0 {
+		return Errorf(protocol.CodeBadRequest, "body contains a NUL character")
+	}
+	return nil
+}
+
+// maxAttachments bounds the attachments of one message.
+const maxAttachments = 10
+
+// checkAttachments accepts a JSON array of at most maxAttachments media ids (the ids the
+// server gave uploads): never URLs or objects, which would let a message point members'
+// clients at any address.
+func checkAttachments(raw json.RawMessage) error {
+	if len(raw) == 0 {
+		return nil
+	}
+	var ids []string
+	if err := json.Unmarshal(raw, &ids); err != nil {
+		return Errorf(protocol.CodeBadRequest, "attachments must be a JSON array of media ids")
+	}
+	if len(ids) > maxAttachments {
+		return Errorf(protocol.CodeBadRequest, "a message has at most %d attachments, this one has %d", maxAttachments, len(ids))
+	}
+	for _, id := range ids {
+		if _, err := uuid.Parse(id); err != nil || len(id) != 36 {
+			return Errorf(protocol.CodeBadRequest, "attachments are media ids from POST /api/v1/media, not %q", Clip(id))
+		}
 	}
 	return nil
 }
@@ -452,8 +489,13 @@ func (s *Service) publish() {
 			// Nothing is acknowledged or published before it is durable.
 			out.err = out.durable(context.Background())
 		}
-		if out.err != nil {
+		if out.err != nil && !s.storeFailed(out.err) {
 			s.log.Error("append batch failed", "events", len(out.batch), "err", out.err)
+		}
+		if out.err == nil {
+			s.storeOK()
+		}
+		if out.err != nil {
 			for _, o := range out.batch {
 				o.done(Result{Err: out.err})
 			}
@@ -529,4 +571,41 @@ func (s *Service) peekMembers(conversationID string) ([]string, error) {
 		return ids, nil
 	}
 	return s.st.MemberIDs(context.Background(), conversationID)
+}
+
+// storeFailed reports whether err is the store being unable to write (store.ErrUnavailable),
+// and logs the first of a run of them.
+func (s *Service) storeFailed(err error) bool {
+	if !errors.Is(err, store.ErrUnavailable) {
+		return false
+	}
+	if !s.unavailable.Swap(true) {
+		s.log.Error("the store cannot write: sends are answered unavailable and /readyz fails until it can", "err", err)
+	}
+	return true
+}
+
+// storeOK ends a run of store failures.
+func (s *Service) storeOK() {
+	if s.unavailable.Load() && s.unavailable.Swap(false) {
+		s.log.Info("the store writes again")
+	}
+}
+
+// Ready reports whether the service can store events: an error while the store refuses
+// writes. While it does, a call probes the store with a tiny write (at most once a second),
+// so that readiness comes back when the disk has room again even if no client sends.
+func (s *Service) Ready(ctx context.Context) error {
+	if !s.unavailable.Load() {
+		return nil
+	}
+	now, last := s.now().UnixMilli(), s.lastProbe.Load()
+	if now-last < 1000 || !s.lastProbe.CompareAndSwap(last, now) {
+		return store.ErrUnavailable
+	}
+	if err := s.st.Probe(ctx); err != nil {
+		return err
+	}
+	s.storeOK()
+	return nil
 }

@@ -144,23 +144,37 @@ func (s *Service) DisconnectDevice(userID, deviceID string) error {
 // indicators whose typist went quiet.
 type typing struct {
 	mu sync.Mutex
-	// active holds an entry per (member, conversation) typing now: runTimers removes each
-	// one TypingTTL after its last refresh, whatever else happens.
+	// active holds an entry per (member, conversation) typing now, or that stopped within
+	// typingBurst refresh periods (to remember its budget): runTimers removes each one when
+	// its expires passes, whatever else happens.
 	active  map[typingKey]typingState
 	ttl     time.Duration // an indicator without a refresh ends after this
 	refresh time.Duration // a repeated "start" is relayed at most this often
 }
 
+// typingBurst is how many "start"s a typist may have relayed back to back (after a "stop")
+// before they are held to one per refresh period. Alternating start and stop is how a client
+// would get around the refresh throttle; with this budget a flood of either reaches the other
+// members as a few frames.
+const typingBurst = 3
+
 type typingKey struct{ user, conv string }
 
 type typingState struct {
-	expires int64 // unix ms
+	expires int64 // unix ms: the indicator ends (or, once stopped, the entry is forgotten)
 	relayed int64 // unix ms of the last relayed "start"
+	stopped bool  // the last state relayed was "stop"
+	// starts is the budget of relayed "start"s, refilled by one per refresh period up to
+	// typingBurst, as of budgetTS.
+	starts   float64
+	budgetTS int64
 }
 
 // Typing relays a typing indicator to the other members' online devices. It is never stored.
-// A "start" repeated within TypingRefresh is dropped (floods are throttled); an indicator
-// not refreshed within TypingTTL ends by itself: the server relays the "stop".
+// A "start" repeated within TypingRefresh is dropped, and "start"s after "stop"s draw on a
+// small budget (typingBurst, one more per TypingRefresh), so floods of either are throttled;
+// a "stop" is relayed only for an indicator the others were shown. An indicator not
+// refreshed within TypingTTL ends by itself: the server relays the "stop".
 func (s *Service) Typing(userID, conversationID, state string) error {
 	if state != "start" && state != "stop" {
 		return Errorf(protocol.CodeBadRequest, `state must be "start" or "stop"`)
@@ -170,22 +184,36 @@ func (s *Service) Typing(userID, conversationID, state string) error {
 		return Errorf(protocol.CodeForbidden, "not a member of conversation %s", Clip(conversationID))
 	}
 	now := s.now().UnixMilli()
+	refresh := s.typing.refresh.Milliseconds()
 	k := typingKey{userID, conversationID}
 	t := s.typing
 	t.mu.Lock()
-	cur, active := t.active[k]
+	cur, found := t.active[k]
+	if !found {
+		cur = typingState{stopped: true, starts: typingBurst, budgetTS: now}
+	}
+	cur.starts = min(typingBurst, cur.starts+float64(now-cur.budgetTS)/float64(refresh))
+	cur.budgetTS = now
 	relay := false
 	switch {
 	case state == "stop":
-		relay = active
-		delete(t.active, k)
-	case !active || now-cur.relayed >= t.refresh.Milliseconds():
-		relay = true
-		t.active[k] = typingState{expires: now + t.ttl.Milliseconds(), relayed: now}
-	default:
+		relay = !cur.stopped
+		cur.stopped = true
+		cur.expires = now + typingBurst*refresh // long enough to remember the spent budget
+	case !cur.stopped && now-cur.relayed < refresh:
 		cur.expires = now + t.ttl.Milliseconds() // a refresh keeps it alive without a frame
-		t.active[k] = cur
+	case cur.starts >= 1 || !cur.stopped:
+		relay = true
+		if cur.stopped {
+			cur.starts--
+		}
+		cur.stopped = false
+		cur.relayed = now
+		cur.expires = now + t.ttl.Milliseconds()
+	default:
+		// Out of budget: not shown now; the client's next refresh, a few seconds on, is.
 	}
+	t.active[k] = cur
 	t.mu.Unlock()
 	if relay {
 		s.publishTyping(userID, conversationID, state, members)
@@ -211,7 +239,8 @@ func (s *Service) publishTyping(userID, conversationID, state string, members []
 	}
 }
 
-// expireTyping ends the indicators whose time ran out, relaying their "stop".
+// expireTyping ends the indicators whose time ran out, relaying their "stop", and forgets
+// stopped ones whose budget has refilled.
 func (s *Service) expireTyping() {
 	now := s.now().UnixMilli()
 	t := s.typing
@@ -219,7 +248,9 @@ func (s *Service) expireTyping() {
 	t.mu.Lock()
 	for k, st := range t.active {
 		if st.expires <= now {
-			ended = append(ended, k)
+			if !st.stopped {
+				ended = append(ended, k)
+			}
 			delete(t.active, k)
 		}
 	}

@@ -4,12 +4,11 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"strings"
 	"sync"
-	"unicode/utf8"
 
 	"github.com/google/uuid"
 
+	"github.com/parley-chat/parley/internal/auth"
 	"github.com/parley-chat/parley/internal/bus"
 	"github.com/parley-chat/parley/internal/store"
 	"github.com/parley-chat/parley/protocol"
@@ -120,23 +119,23 @@ func (s *Service) CreateDirect(ctx context.Context, userID, otherID string) (pro
 	return c, created, err
 }
 
-// ValidateGroupName checks a group's name: 1 to 64 characters, no control characters.
-func ValidateGroupName(name string) error {
-	n := utf8.RuneCountInString(name)
-	if strings.TrimSpace(name) == "" || n > 64 || !utf8.ValidString(name) {
-		return Errorf(protocol.CodeBadRequest, "a group name is 1 to 64 characters")
+// CleanGroupName returns a group's name as stored (auth.CleanName: NFC, trimmed, no control
+// or bidirectional characters, something visible), 1 to 64 characters, or a bad_request.
+func CleanGroupName(name string) (string, error) {
+	name, err := auth.CleanName("name", name, 64)
+	if err != nil {
+		return "", Errorf(protocol.CodeBadRequest, "%v", err)
 	}
-	for _, r := range name {
-		if r < 0x20 || r == 0x7f {
-			return Errorf(protocol.CodeBadRequest, "a group name cannot contain control characters")
-		}
+	if name == "" {
+		return "", Errorf(protocol.CodeBadRequest, "a group name is 1 to 64 characters")
 	}
-	return nil
+	return name, nil
 }
 
 // CreateGroup creates a group named name with creatorID (its first admin) and memberIDs.
 func (s *Service) CreateGroup(ctx context.Context, creatorID, name string, memberIDs []string) (protocol.Conversation, error) {
-	if err := ValidateGroupName(name); err != nil {
+	name, err := CleanGroupName(name)
+	if err != nil {
 		return protocol.Conversation{}, err
 	}
 	if len(memberIDs) > 4*s.cfg.MaxGroupMembers { // before dedupe: bound the work
@@ -169,7 +168,8 @@ func (s *Service) CreateGroup(ctx context.Context, creatorID, name string, membe
 
 // Rename sets a group's name (admins only).
 func (s *Service) Rename(ctx context.Context, actorID, conversationID, name string) (protocol.Message, error) {
-	if err := ValidateGroupName(name); err != nil {
+	name, err := CleanGroupName(name)
+	if err != nil {
 		return protocol.Message{}, err
 	}
 	return s.change(ctx, conversationID, func(c protocol.Conversation) (store.MemberChange, error) {

@@ -9,11 +9,13 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gobwas/ws"
 
 	"github.com/parley-chat/parley/internal/chat"
 	"github.com/parley-chat/parley/internal/frame"
+	"github.com/parley-chat/parley/internal/limit"
 	"github.com/parley-chat/parley/protocol"
 )
 
@@ -30,6 +32,7 @@ type Conn struct {
 	rc       syscall.RawConn
 	userID   string
 	deviceID string
+	ip       string       // the client address, for the per-address connection count
 	lastRead atomic.Int64 // unix ms when bytes last arrived
 
 	// Reader state: touched only under rmu, by the one goroutine reading the connection.
@@ -47,7 +50,13 @@ type Conn struct {
 	discard int64  // payload bytes still to skip of a frame that was too large
 	msg     []byte // a fragmented message so far; nil when none
 	msgDrop bool   // the fragmented message in progress is too large and is being skipped
-	strikes int    // consecutive bad frames
+	// msgBinary: the message in progress (or just completed) was sent as binary.
+	msgBinary bool
+	strikes   int // consecutive bad frames
+	// A run of frames answered rate_limited: when it began, when its last frame came (unix
+	// ms) and how many frames it has. It ends after LimitedFor without one.
+	limitedSince, lastLimited int64
+	limitedN                  int
 	// lastBeat is when presence last heard of this connection (unix ms).
 	lastBeat int64
 	tokens   float64
@@ -130,6 +139,10 @@ func (c *Conn) closeFor(err error) {
 	var ce *closeError
 	switch {
 	case errors.As(err, &ce):
+		// The error frames that led here go out first (for a moment at most).
+		for deadline := time.Now().Add(time.Second); !c.idle() && time.Now().Before(deadline); {
+			time.Sleep(5 * time.Millisecond)
+		}
 		c.close(ws.StatusCode(ce.code), ce.reason)
 	case errors.Is(err, errClosed):
 	default:
@@ -212,29 +225,54 @@ func (c *Conn) handleFrame(h header, p []byte) error {
 		if c.msg != nil || c.msgDrop {
 			return &closeError{uint16(ws.StatusProtocolError), "new message inside a fragmented one"}
 		}
+		c.msgBinary = h.op == opBinary
 		if !h.fin {
 			c.msg = append(make([]byte, 0, 2*len(p)), p...)
 			return nil
 		}
-		if h.op == opBinary {
-			return c.fail("", protocol.CodeBadRequest, "frames are JSON in text frames, not binary")
-		}
 	}
-	return c.handleMessage(p)
+	if c.msgBinary {
+		return c.fail("", protocol.CodeBadRequest, "frames are JSON in text frames, not binary")
+	}
+	f, err := decodeClientFrame(p)
+	if errors.Is(err, errNotUTF8) {
+		// RFC 6455 §8.1: a text message that is not UTF-8 fails the connection with 1007.
+		return &closeError{uint16(ws.StatusInvalidFramePayloadData), "text frame is not valid UTF-8"}
+	}
+	if err != nil {
+		return c.failErr("", err)
+	}
+	return c.handleMessage(&f)
 }
 
-// handleMessage decodes one client frame and acts on it. p is only valid during the call.
-func (c *Conn) handleMessage(p []byte) error {
+var errNotUTF8 = errors.New("not valid UTF-8")
+
+// decodeClientFrame decodes one client text message: errNotUTF8 if it is not UTF-8, a
+// bad_request *chat.Error if it is not one JSON object of the frame's shape.
+func decodeClientFrame(p []byte) (protocol.ClientFrame, error) {
 	var f protocol.ClientFrame
-	if err := json.Unmarshal(p, &f); err != nil {
-		return c.fail("", protocol.CodeBadRequest, "malformed JSON frame: %v", err)
+	if !utf8.Valid(p) {
+		return f, errNotUTF8
 	}
+	if err := json.Unmarshal(p, &f); err != nil {
+		return f, chat.DecodeError("frame", err)
+	}
+	return f, nil
+}
+
+// handleMessage acts on one decoded client frame.
+func (c *Conn) handleMessage(f *protocol.ClientFrame) error {
 	// Decoded first so that the error carries the frame's id and the client knows which
 	// request to retry.
-	if !c.allow() {
-		return c.fail(f.ID, protocol.CodeRateLimited, "more than %d frames per second; slow down", c.g.cfg.FramesPerSecond)
+	if wait := c.allow(); wait > 0 {
+		return c.limited(f.ID, chat.Limited(wait, "more than %d frames per second on this connection; slow down", c.g.cfg.FramesPerSecond))
 	}
 	ctx := c.g.ctx
+	if rule, what, ok := c.g.userRule(f.Type); ok {
+		if err := c.g.lim.User(ctx, what, rule, c.userID); err != nil {
+			return c.limited(f.ID, err)
+		}
+	}
 	switch f.Type {
 	case protocol.FrameSend, protocol.FrameEdit, protocol.FrameDelete, protocol.FrameReact:
 		ev := chat.Event{
@@ -296,17 +334,64 @@ func (c *Conn) answer(id string, r chat.Result) {
 	c.enqueue(frame.MustJSON(protocol.AckFrame{Type: protocol.FrameAck, ID: id, ConversationID: m.ConversationID, Seq: m.Seq, TS: m.TS}))
 }
 
-// allow takes a token from the connection's frame-rate bucket.
-func (c *Conn) allow() bool {
+// allow takes a token from the connection's frame-rate bucket, or says how long until there
+// is one.
+func (c *Conn) allow() time.Duration {
 	rate := float64(c.g.cfg.FramesPerSecond)
 	now := time.Now().UnixMicro()
 	c.tokens = min(2*rate, c.tokens+float64(now-c.tokenTS)*rate/1e6)
 	c.tokenTS = now
 	if c.tokens < 1 {
-		return false
+		return max(time.Millisecond, time.Duration((1-c.tokens)/rate*float64(time.Second)))
 	}
 	c.tokens--
-	return true
+	return 0
+}
+
+// limited answers a frame over a limit with rate_limited and retry_after_ms. It is not a
+// strike (the frame was well formed), but a connection that goes on sending far past its
+// limits (limitedClose frames over them, with no pause of LimitedFor, for at least
+// LimitedFor) is closed with 1008, after the answers it was sent: a client must always
+// learn why. A client that waits out retry_after_ms never comes near that.
+func (c *Conn) limited(id string, err error) error {
+	_, msg := chat.Code(err)
+	wait := chat.RetryAfter(err)
+	c.enqueue(frame.MustJSON(protocol.ErrorFrame{
+		Type: protocol.FrameError, ID: id, Code: protocol.CodeRateLimited, Message: msg,
+		RetryAfterMS: max(1, wait.Milliseconds()),
+	}))
+	now, span := time.Now().UnixMilli(), c.g.cfg.LimitedFor.Milliseconds()
+	if c.limitedN == 0 || now-c.lastLimited > span {
+		c.limitedSince, c.limitedN = now, 0
+	}
+	c.lastLimited = now
+	c.limitedN++
+	if c.limitedN >= limitedClose && now-c.limitedSince >= span {
+		return &closeError{uint16(ws.StatusPolicyViolation), "rate limits exceeded for too long: " + msg}
+	}
+	return nil
+}
+
+// limitedClose is how many frames over their limits a run must hold before it closes the
+// connection (see limited).
+const limitedClose = 100
+
+// userRule is the per-user limit a client frame type counts against.
+func (g *Gateway) userRule(typ string) (limit.Rule, string, bool) {
+	cfg := g.lim.Config()
+	switch typ {
+	case protocol.FrameSend:
+		return cfg.Send, "messages", true
+	case protocol.FrameEdit, protocol.FrameDelete:
+		return cfg.Edit, "edits", true
+	case protocol.FrameReact:
+		return cfg.React, "reactions", true
+	case protocol.FrameReceipt:
+		return cfg.Receipt, "receipts", true
+	case protocol.FrameTyping:
+		return cfg.Typing, "typing frames", true
+	}
+	return limit.Rule{}, "", false
 }
 
 // fail answers a bad frame with an error frame. A client that sends MaxStrikes bad frames in a
@@ -449,3 +534,10 @@ func (c *Conn) end(code ws.StatusCode, reason string, wait time.Duration, reset 
 // tabs share a device) get them. Built when a frame needs it rather than kept: an idle
 // connection should not carry it.
 func (c *Conn) origin() string { return c.g.origin + strconv.FormatUint(c.id, 36) }
+
+// FrameTypes lists the client frame types handleMessage acts on, for tests that must cover
+// each one.
+func FrameTypes() []string {
+	return []string{protocol.FrameSend, protocol.FrameEdit, protocol.FrameDelete, protocol.FrameReact,
+		protocol.FrameReceipt, protocol.FrameTyping, protocol.FramePing}
+}

@@ -18,6 +18,7 @@ import (
 	"log/slog"
 
 	"net/http"
+	"net/url"
 	"runtime/debug"
 	"runtime/metrics"
 	"strconv"
@@ -32,6 +33,7 @@ import (
 	"github.com/parley-chat/parley/internal/bus"
 	"github.com/parley-chat/parley/internal/chat"
 	"github.com/parley-chat/parley/internal/frame"
+	"github.com/parley-chat/parley/internal/limit"
 	"github.com/parley-chat/parley/protocol"
 )
 
@@ -59,6 +61,14 @@ type Config struct {
 	SendQueueBytes  int
 	FramesPerSecond int // per-connection frame rate limit, with a burst of twice that (default 1000)
 	MaxStrikes      int // consecutive bad frames before close 1008 (default 10)
+	// LimitedFor is how long a connection may go on sending only frames that are over their
+	// limits (answered rate_limited) before it is closed with 1008 (default 5s).
+	LimitedFor time.Duration
+	// AllowedOrigins are the origins ("https://chat.example.com") from which browsers may
+	// open a WebSocket. A handshake with any other Origin gets 403; one without Origin is
+	// not from a browser and is judged by its credentials alone. Empty: the server's own
+	// origin only (the Host the handshake was sent to).
+	AllowedOrigins []string
 }
 
 func (c Config) withDefaults() Config {
@@ -79,6 +89,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxStrikes <= 0 {
 		c.MaxStrikes = 10
+	}
+	if c.LimitedFor <= 0 {
+		c.LimitedFor = 5 * time.Second
 	}
 	return c
 }
@@ -102,6 +115,7 @@ type Gateway struct {
 	bus  bus.Bus
 	auth Authenticator
 	pres Presence
+	lim  *limit.Limiter
 	log  *slog.Logger
 	poll poller
 
@@ -117,6 +131,7 @@ type Gateway struct {
 	mu       sync.RWMutex
 	users    map[string]*userConns
 	conns    map[uint64]*Conn
+	ips      map[string]int32 // open connections per client address
 	draining bool
 
 	stop    chan struct{}
@@ -130,8 +145,9 @@ type userConns struct {
 	sub   bus.Subscription
 }
 
-// New builds a gateway and starts its poller and heartbeat sweeper.
-func New(cfg Config, c *chat.Service, b bus.Bus, auth Authenticator, pres Presence, log *slog.Logger) (*Gateway, error) {
+// New builds a gateway and starts its poller and heartbeat sweeper. lim holds the per-user
+// limits on what connections send, and how many connections a user or address may hold.
+func New(cfg Config, c *chat.Service, b bus.Bus, auth Authenticator, pres Presence, lim *limit.Limiter, log *slog.Logger) (*Gateway, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	g := &Gateway{
 		cfg:     cfg.withDefaults(),
@@ -139,12 +155,14 @@ func New(cfg Config, c *chat.Service, b bus.Bus, auth Authenticator, pres Presen
 		bus:     b,
 		auth:    auth,
 		pres:    pres,
+		lim:     lim,
 		log:     log,
 		ctx:     ctx,
 		cancel:  cancel,
 		origin:  rand.Text()[:10] + ".",
 		users:   make(map[string]*userConns),
 		conns:   make(map[uint64]*Conn),
+		ips:     make(map[string]int32),
 		stop:    make(chan struct{}),
 		stopped: make(chan struct{}),
 		ping:    frame.Build(frame.OpPing, nil),
@@ -179,6 +197,15 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "server is shutting down; reconnect")
 		return
 	}
+	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+		w.Header().Set("Upgrade", "websocket")
+		httpError(w, http.StatusBadRequest, protocol.CodeBadRequest, "this endpoint takes a WebSocket handshake (Upgrade: websocket)")
+		return
+	}
+	if !g.originAllowed(r) {
+		httpError(w, http.StatusForbidden, protocol.CodeForbidden, "WebSocket connections from origin "+chat.Clip(r.Header.Get("Origin"))+" are not allowed")
+		return
+	}
 	userID, deviceID, err := g.auth.AuthenticateWS(r)
 	if err != nil {
 		code, msg := chat.Code(err)
@@ -194,6 +221,12 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			code = protocol.CodeUnauthorized
 		}
 		httpError(w, status, code, msg)
+		return
+	}
+	ip := g.lim.ClientIP(r)
+	if err := g.admit(userID, ip); err != nil {
+		w.Header().Set("Retry-After", "10")
+		httpError(w, http.StatusTooManyRequests, protocol.CodeRateLimited, err.Error())
 		return
 	}
 	nc, rw, _, err := ws.UpgradeHTTP(r, w)
@@ -215,7 +248,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_ = nc.Close()
 		return
 	}
-	c := &Conn{g: g, id: g.nextID.Add(1), nc: nc, rc: rc, userID: userID, deviceID: deviceID}
+	c := &Conn{g: g, id: g.nextID.Add(1), nc: nc, rc: rc, userID: userID, deviceID: deviceID, ip: ip}
 	c.lastRead.Store(time.Now().UnixMilli())
 	c.tokens = float64(2 * g.cfg.FramesPerSecond)
 	c.tokenTS = time.Now().UnixMicro()
@@ -282,7 +315,44 @@ func (g *Gateway) register(c *Conn) error {
 	}
 	u.conns = append(u.conns, c)
 	g.conns[c.id] = c
+	g.ips[c.ip]++
 	return nil
+}
+
+// admit refuses a connection past ConnsPerUser or ConnsPerIP on this node. (Two handshakes
+// at once may both pass: the bound is loose by the handshakes in flight, not unbounded.)
+func (g *Gateway) admit(userID, ip string) error {
+	cfg := g.lim.Config()
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	if u := g.users[userID]; u != nil && len(u.conns) >= cfg.ConnsPerUser {
+		return fmt.Errorf("too many connections for this user (%d); close one", cfg.ConnsPerUser)
+	}
+	if int(g.ips[ip]) >= cfg.ConnsPerIP {
+		return fmt.Errorf("too many connections from this address (%d)", cfg.ConnsPerIP)
+	}
+	return nil
+}
+
+// originAllowed checks a browser handshake's Origin against AllowedOrigins (default: the
+// origin of the server itself, as the browser addressed it). Without the check any web page
+// a user visits could open a socket with a ticket it obtained, or ride on credentials the
+// browser attaches.
+func (g *Gateway) originAllowed(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true // not a browser: the credentials decide
+	}
+	if len(g.cfg.AllowedOrigins) == 0 {
+		u, err := url.Parse(origin)
+		return err == nil && (u.Scheme == "http" || u.Scheme == "https") && strings.EqualFold(u.Host, r.Host)
+	}
+	for _, o := range g.cfg.AllowedOrigins {
+		if o == "*" || strings.EqualFold(strings.TrimSuffix(o, "/"), origin) {
+			return true
+		}
+	}
+	return false
 }
 
 // unregister forgets c, unsubscribing its user when it was the last connection.
@@ -293,6 +363,9 @@ func (g *Gateway) unregister(c *Conn) {
 		return
 	}
 	delete(g.conns, c.id)
+	if g.ips[c.ip]--; g.ips[c.ip] <= 0 {
+		delete(g.ips, c.ip)
+	}
 	u := g.users[c.userID]
 	if u == nil {
 		return

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/parley-chat/parley/internal/auth"
+	"github.com/parley-chat/parley/internal/limit"
 	"github.com/parley-chat/parley/internal/server"
 	"github.com/parley-chat/parley/protocol"
 )
@@ -22,6 +23,10 @@ func startServer(t *testing.T) (url string, stop func()) {
 	t.Helper()
 	cfg := server.Config{Listen: "127.0.0.1:0", Data: t.TempDir()}
 	cfg.API.Password = auth.Params{Memory: 64, Time: 1, Threads: 1}
+	// The load generator plays many users from one address: limits raised, as bench does.
+	many := limit.Rule{Rate: 1e6, Burst: 1e6}
+	cfg.Limits = limit.Config{Send: many, Edit: many, React: many, Receipt: many, Typing: many, GroupCreate: many,
+		LoginIP: many, LoginAccountIP: many, LoginAccount: many, SignupIP: many, RefreshIP: many, ConnsPerIP: 1e6}
 	s, err := server.New(context.Background(), cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)

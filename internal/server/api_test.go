@@ -66,9 +66,7 @@ func TestAccounts(t *testing.T) {
 	if fresh.RefreshToken == dev1.RefreshToken || fresh.DeviceID != dev1.DeviceID {
 		t.Fatalf("refresh answer %+v", fresh)
 	}
-	if status := ts.call("POST", "/api/v1/auth/refresh", "", protocol.RefreshRequest{RefreshToken: dev1.RefreshToken}, nil); status != 401 {
-		t.Fatalf("reused refresh token: %d, want 401", status)
-	}
+	// (Presenting the old one again would log the device out: TestRefreshReuseLogsDeviceOut.)
 	var me protocol.UserBody
 	if status := ts.call("GET", "/api/v1/me", fresh.AccessToken, nil, &me); status != 200 || me.User.ID != dev1.UserID {
 		t.Fatalf("me with refreshed token: %d %+v", status, me)
@@ -274,29 +272,4 @@ func TestGroups(t *testing.T) {
 	if status := ts.call("GET", "/api/v1/conversations?limit=abc", owner.AccessToken, nil, nil); status != http.StatusBadRequest {
 		t.Fatalf("bad limit: %d", status)
 	}
-}
-
-// TestLoginRateLimit: password guessing against one account is answered 429 with
-// Retry-After once the burst is spent; other accounts are not affected.
-func TestLoginRateLimit(t *testing.T) {
-	ts := startServer(t, func(c *Config) { c.API.LoginBurst = 3; c.API.LoginRate = 1 })
-	ts.signup("alice") // one login
-	ts.signup("bob")
-	codes := []int{}
-	for range 4 {
-		codes = append(codes, ts.call("POST", "/api/v1/auth/login", "", protocol.LoginRequest{Username: "alice", Password: "wrong password"}, nil))
-	}
-	if !slices.Equal(codes, []int{401, 401, 429, 429}) {
-		t.Fatalf("statuses %v, want [401 401 429 429] (the signup's login took one of 3)", codes)
-	}
-	req, _ := http.NewRequest("POST", ts.base+"/api/v1/auth/login", strings.NewReader(`{"username":"alice","password":"correct horse"}`))
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != 429 || resp.Header.Get("Retry-After") == "" {
-		t.Fatalf("even the right password: %d Retry-After %q, want 429 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
-	}
-	ts.login("bob")
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/gobwas/ws/wsutil"
 
 	"github.com/parley-chat/parley/internal/auth"
+	"github.com/parley-chat/parley/internal/limit"
 	"github.com/parley-chat/parley/protocol"
 )
 
@@ -30,17 +31,40 @@ type testServer struct {
 	stop    func()
 }
 
+// testLimits are the defaults with the limits on strangers and on sends raised: tests sign
+// up, log in and send from one address far faster than people do. Tests of the limits start
+// from defaultLimits instead.
+func testLimits() limit.Config {
+	l := limit.Defaults()
+	many := limit.Rule{Rate: 100_000, Burst: 100_000}
+	l.Send, l.Edit, l.React, l.Receipt, l.Typing, l.GroupCreate = many, many, many, many, many, many
+	l.LoginIP, l.LoginAccountIP, l.LoginAccount, l.SignupIP, l.RefreshIP = many, many, many, many, many
+	return l
+}
+
 // cheapPasswords keeps argon2id honest but fast enough for tests that sign up many users.
 var cheapPasswords = auth.Params{Memory: 64, Time: 1, Threads: 1}
 
 func startServer(t *testing.T, mod func(*Config)) *testServer {
 	t.Helper()
+	return startServerLogging(t, mod, nil)
+}
+
+// startServerLogging is startServer with the server's log handler wrapped by wrap (nil: as
+// is), for tests that check what is logged.
+func startServerLogging(t *testing.T, mod func(*Config), wrap func(slog.Handler) slog.Handler) *testServer {
+	t.Helper()
 	cfg := Config{Listen: "127.0.0.1:0", Data: t.TempDir()}
 	cfg.API.Password = cheapPasswords
+	cfg.Limits = testLimits()
 	if mod != nil {
 		mod(&cfg)
 	}
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	var h slog.Handler = slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})
+	if wrap != nil {
+		h = wrap(h)
+	}
+	log := slog.New(h)
 	s, err := New(context.Background(), cfg, log)
 	if err != nil {
 		t.Fatalf("start server: %v", err)

@@ -25,6 +25,7 @@ import (
 	"github.com/parley-chat/parley/internal/bus/natsbus"
 	"github.com/parley-chat/parley/internal/chat"
 	"github.com/parley-chat/parley/internal/gateway"
+	"github.com/parley-chat/parley/internal/limit"
 	"github.com/parley-chat/parley/internal/presence"
 	"github.com/parley-chat/parley/internal/state"
 	"github.com/parley-chat/parley/internal/state/memstate"
@@ -48,6 +49,8 @@ type Config struct {
 	SQLite   sqlite.Options
 	API      api.Config
 	Presence presence.Config
+	// Limits are the abuse limits (zero fields: limit.Defaults).
+	Limits limit.Config
 
 	// ShutdownTimeout bounds a graceful shutdown (default 10s).
 	ShutdownTimeout time.Duration
@@ -153,13 +156,14 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	s.pres = presence.New(cfg.Presence, s.state, st, s.bus, log.With("component", "presence"))
 	undo = append(undo, s.pres.Close)
 
-	a, err := api.New(cfg.API, st, s.chat, s.pres, s.state, s.bus, key, log.With("component", "api"))
+	lim := limit.New(cfg.Limits, s.state, log.With("component", "limit"))
+	a, err := api.New(cfg.API, st, s.chat, s.pres, s.state, lim, s.bus, key, log.With("component", "api"))
 	if err != nil {
 		return nil, err
 	}
 	s.api = a
 	undo = append(undo, func() { _ = a.Close() })
-	s.gateway, err = gateway.New(cfg.Gateway, s.chat, s.bus, a, s.pres, log.With("component", "gateway"))
+	s.gateway, err = gateway.New(cfg.Gateway, s.chat, s.bus, a, s.pres, lim, log.With("component", "gateway"))
 	if err != nil {
 		return nil, fmt.Errorf("start gateway: %w", err)
 	}
@@ -175,6 +179,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		if !s.ready.Load() {
 			http.Error(w, "not ready\n", http.StatusServiceUnavailable)
+			return
+		}
+		if err := s.chat.Ready(r.Context()); err != nil {
+			http.Error(w, "not ready: the store cannot write\n", http.StatusServiceUnavailable)
 			return
 		}
 		w.Write([]byte("ready\n"))

@@ -21,6 +21,11 @@ var (
 	ErrConflict  = errors.New("conflict")
 	ErrNotMember = errors.New("not a member of the conversation")
 	ErrClosed    = errors.New("store closed")
+	// ErrBadCursor is a paging cursor this store did not give out (a client error).
+	ErrBadCursor = errors.New("malformed cursor")
+	// ErrUnavailable is a write the store cannot make now (its disk is full, or failing):
+	// nothing was stored, and the same call may succeed later.
+	ErrUnavailable = errors.New("store cannot write now")
 )
 
 // Store is the whole durable data layer. All methods are safe for concurrent use.
@@ -30,6 +35,9 @@ type Store interface {
 	Contacts
 	Conversations
 	Events
+	// Probe makes a tiny durable write, to learn whether the store takes writes again after
+	// ErrUnavailable; it changes nothing a reader sees.
+	Probe(ctx context.Context) error
 	// Close waits for in-flight calls and releases the engine. Later calls return ErrClosed.
 	Close() error
 }
@@ -75,8 +83,15 @@ type Devices interface {
 	DeviceByRefreshHash(ctx context.Context, hash string) (Device, error)
 	// RotateRefresh replaces the device's refresh hash with newHash only if the current one is
 	// oldHash and the device is active; otherwise ErrNotFound. Exactly one of two concurrent
-	// rotations of the same old hash succeeds.
-	RotateRefresh(ctx context.Context, deviceID, oldHash, newHash string, expiresTS int64) error
+	// rotations of the same old hash succeeds. oldHash is remembered as rotated out of the
+	// device until expiresTS (DeviceByRotatedRefresh); rows of the device expired at nowTS
+	// are dropped.
+	RotateRefresh(ctx context.Context, deviceID, oldHash, newHash string, expiresTS, nowTS int64) error
+	// DeviceByRotatedRefresh returns the device (revoked or not) that rotated hash out, while
+	// that is remembered; otherwise ErrNotFound.
+	DeviceByRotatedRefresh(ctx context.Context, hash string) (Device, error)
+	// DevicesOf returns userID's active devices, oldest first.
+	DevicesOf(ctx context.Context, userID string) ([]Device, error)
 	// RevokeDevice marks the device revoked at ts. Revoking twice is not an error;
 	// ErrNotFound if there is no such device.
 	RevokeDevice(ctx context.Context, deviceID string, ts int64) error

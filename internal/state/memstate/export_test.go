@@ -11,3 +11,10 @@ func Sizes(s *State) (buckets, tokens int) {
 	s.tmu.Unlock()
 	return buckets, tokens
 }
+
+// SetMaxBuckets lowers the bucket cap for a test.
+func SetMaxBuckets(s *State, n int) {
+	s.lmu.Lock()
+	s.maxBuckets = n
+	s.lmu.Unlock()
+}

@@ -3,8 +3,8 @@
 //
 // It starts no goroutine. Presence expiry happens only in Expire, which the server calls
 // periodically; rate-limit buckets and tokens are collected a few at a time by the calls
-// that touch them (see sweepPerCall), so no call does unbounded work and nothing needs to be
-// stopped.
+// that touch them (see sweepPerCall) and in bulk by Expire, so no call does unbounded work,
+// nothing needs to be stopped, and what is due is freed on the server's clock.
 //
 // Presence is sized for tens of thousands of online users: each online user is one record
 // holding a small slice of devices, and the records are kept in a min-heap ordered by their
@@ -36,6 +36,13 @@ const (
 	// to eight keeps the index from accumulating a backlog of dead entries while bounding
 	// the latency any single call pays for cleanup.
 	sweepPerCall = 8
+	// sweepPerExpire bounds the buckets and tokens one Expire collects: a sweep every few
+	// seconds keeps up with far more keys per second than clients can make.
+	sweepPerExpire = 1 << 16
+	// maxBuckets bounds the rate-limit buckets held at once, whatever keys clients cause:
+	// past it, the bucket closest to being forgotten anyway is dropped to make room (about
+	// 150 bytes each with a hashed key: 150 MiB at most).
+	maxBuckets = 1 << 20
 	// forgetAfter is how long a rate-limit bucket stays full before it is forgotten. A
 	// forgotten bucket behaves exactly like a full one, so this only trades memory against
 	// robustness to callers whose clocks (now) disagree slightly.
@@ -71,6 +78,7 @@ type State struct {
 	lmu        sync.Mutex
 	buckets    map[string]*bucket
 	bucketsDue dueHeap // exactly one entry per bucket: when it may next be forgotten
+	maxBuckets int     // maxBuckets, lowered by tests
 
 	tmu       sync.Mutex
 	tokens    map[string]token
@@ -80,10 +88,11 @@ type State struct {
 // New returns an empty State.
 func New() *State {
 	return &State{
-		online:   make(map[string]*user),
-		lastSeen: make(map[string]int64),
-		buckets:  make(map[string]*bucket),
-		tokens:   make(map[string]token),
+		online:     make(map[string]*user),
+		lastSeen:   make(map[string]int64),
+		buckets:    make(map[string]*bucket),
+		maxBuckets: maxBuckets,
+		tokens:     make(map[string]token),
 	}
 }
 
@@ -230,10 +239,24 @@ func (s *State) Offline(ctx context.Context, userID, deviceID string, now int64)
 // Expire implements state.Presence. It visits only users whose earliest device expiry is
 // due, so a sweep with nothing to do costs O(1). It holds one lock throughout, so each
 // departing user is returned by exactly one caller.
+//
+// It also collects every rate-limit bucket and token that is due (up to sweepPerExpire of
+// each): the server calls Expire on a clock, so what strangers made the state keep is freed
+// in time even if nothing ever touches the limits again.
 func (s *State) Expire(ctx context.Context, now int64) ([]state.UserPresence, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("memstate: expire: %w", err)
 	}
+	s.lmu.Lock()
+	if !s.closed.Load() {
+		s.sweepBuckets(now, sweepPerExpire)
+	}
+	s.lmu.Unlock()
+	s.tmu.Lock()
+	if !s.closed.Load() {
+		s.sweepTokens(now, sweepPerExpire)
+	}
+	s.tmu.Unlock()
 	s.pmu.Lock()
 	defer s.pmu.Unlock()
 	if s.closed.Load() {
@@ -351,9 +374,13 @@ func (s *State) Allow(ctx context.Context, key string, rate float64, burst int, 
 	if s.closed.Load() {
 		return false, 0, errClosed
 	}
-	s.sweepBuckets(now)
+	s.sweepBuckets(now, sweepPerCall)
 	b := s.buckets[key]
 	if b == nil {
+		if len(s.buckets) >= s.maxBuckets {
+			d := heap.Pop(&s.bucketsDue).(due)
+			delete(s.buckets, d.key)
+		}
 		b = &bucket{tokens: float64(burst), ts: now}
 		ok, retryAfter = b.take(rate, burst, now)
 		s.buckets[key] = b
@@ -364,11 +391,11 @@ func (s *State) Allow(ctx context.Context, key string, rate float64, burst int, 
 	return ok, retryAfter, nil
 }
 
-// sweepBuckets forgets up to sweepPerCall buckets that have been full for forgetAfter. A
-// due entry whose bucket has since been drawn on is pushed back at its new time, so every
-// bucket keeps exactly one entry.
-func (s *State) sweepBuckets(now int64) {
-	for range sweepPerCall {
+// sweepBuckets forgets up to n buckets that have been full for forgetAfter. A due entry
+// whose bucket has since been drawn on is pushed back at its new time, so every bucket keeps
+// exactly one entry.
+func (s *State) sweepBuckets(now int64, n int) {
+	for range n {
 		if len(s.bucketsDue) == 0 || s.bucketsDue[0].at > now {
 			return
 		}
@@ -410,7 +437,7 @@ func (s *State) PutToken(ctx context.Context, key, value string, now int64, ttl 
 	if s.closed.Load() {
 		return errClosed
 	}
-	s.sweepTokens(now)
+	s.sweepTokens(now, sweepPerCall)
 	if t, ok := s.tokens[key]; ok && t.expiresAt > now {
 		return fmt.Errorf("memstate: put token: %w", state.ErrExists)
 	}
@@ -429,7 +456,7 @@ func (s *State) TakeToken(ctx context.Context, key string, now int64) (value str
 	if s.closed.Load() {
 		return "", false, errClosed
 	}
-	s.sweepTokens(now)
+	s.sweepTokens(now, sweepPerCall)
 	t, found := s.tokens[key]
 	if !found {
 		return "", false, nil
@@ -444,8 +471,8 @@ func (s *State) TakeToken(ctx context.Context, key string, now int64) (value str
 // sweepTokens deletes up to sweepPerCall expired tokens. Entries are pushed on every put, so
 // a key taken and put again has a stale entry, recognised by the stored token not being
 // expired.
-func (s *State) sweepTokens(now int64) {
-	for range sweepPerCall {
+func (s *State) sweepTokens(now int64, n int) {
+	for range n {
 		if len(s.tokensDue) == 0 || s.tokensDue[0].at > now {
 			return
 		}

@@ -324,3 +324,58 @@ func BenchmarkAllow(b *testing.B) {
 		i++
 	}
 }
+
+// TestExpireCollects: Expire, which the server calls on a clock, frees every bucket and token
+// that is due, even when no later call touches the limits: what strangers caused is not kept
+// until someone else happens to come along.
+func TestExpireCollects(t *testing.T) {
+	s := memstate.New()
+	defer s.Close()
+	ctx := context.Background()
+	t0 := int64(1_000_000)
+	for i := range 5000 {
+		if _, _, err := s.Allow(ctx, fmt.Sprintf("login:%d", i), 0.1, 10, t0); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.PutToken(ctx, fmt.Sprintf("t%d", i), "v", t0, time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.Expire(ctx, t0+1000); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := memstate.Sizes(s); b != 5000 {
+		t.Fatalf("buckets not yet full were collected: %d left of 5000", b)
+	}
+	if _, err := s.Expire(ctx, t0+3_600_000); err != nil {
+		t.Fatal(err)
+	}
+	if b, tok := memstate.Sizes(s); b != 0 || tok != 0 {
+		t.Fatalf("after Expire an hour on: %d buckets, %d tokens; want 0 and 0", b, tok)
+	}
+}
+
+// TestBucketCountBounded: however many keys clients cause, the buckets held stay under the
+// cap; the one dropped to make room is the one closest to being forgotten.
+func TestBucketCountBounded(t *testing.T) {
+	s := memstate.New()
+	defer s.Close()
+	memstate.SetMaxBuckets(s, 100)
+	ctx := context.Background()
+	now := int64(1_000_000)
+	// A busy key drawn empty: it must survive the flood of strangers' keys.
+	for range 5 {
+		s.Allow(ctx, "busy", 0.001, 5, now)
+	}
+	for i := range 1000 {
+		if _, _, err := s.Allow(ctx, fmt.Sprintf("stranger:%d", i), 1000, 1, now+int64(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b, _ := memstate.Sizes(s); b > 100 {
+		t.Fatalf("%d buckets held, cap 100", b)
+	}
+	if ok, _, _ := s.Allow(ctx, "busy", 0.001, 5, now+1000); ok {
+		t.Fatal("the drawn-empty bucket was dropped for strangers' keys (it allowed again)")
+	}
+}

@@ -544,12 +544,12 @@ func encodeCursor(ts int64, id string) string {
 func decodeCursor(cursor string) (int64, string, error) {
 	b, err := base64.RawURLEncoding.DecodeString(cursor)
 	if err != nil {
-		return 0, "", fmt.Errorf("bad cursor %q", cursor)
+		return 0, "", store.ErrBadCursor
 	}
 	tsText, id, ok := strings.Cut(string(b), ":")
 	ts, err := strconv.ParseInt(tsText, 10, 64)
 	if !ok || err != nil {
-		return 0, "", fmt.Errorf("bad cursor %q", cursor)
+		return 0, "", store.ErrBadCursor
 	}
 	return ts, id, nil
 }

@@ -2,6 +2,7 @@ package sqlite
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -158,6 +159,9 @@ func (w *walSyncer) seen() error {
 func (w *walSyncer) durable(n uint64) store.Durable {
 	return func(context.Context) error {
 		if err := w.wait(n); err != nil {
+			if !errors.Is(err, store.ErrClosed) {
+				err = fmt.Errorf("%w: %w", store.ErrUnavailable, err) // a failed sync
+			}
 			return fmt.Errorf("sqlite: durable: %w", err)
 		}
 		return nil

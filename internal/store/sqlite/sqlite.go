@@ -38,6 +38,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"modernc.org/sqlite"
@@ -464,13 +465,48 @@ func (s *Store) write(ctx context.Context, fn func(tx *sql.Tx) error) error {
 func (s *Store) commit(ctx context.Context, fn func(tx *sql.Tx) error) (uint64, error) {
 	tx, err := s.writer.BeginTx(ctx, nil)
 	if err != nil {
-		return 0, err
+		return 0, unavailable(err)
 	}
 	defer tx.Rollback() // see inTx
 	if err := fn(tx); err != nil {
-		return 0, err
+		return 0, unavailable(err)
 	}
-	return s.sync.commit(tx.Commit)
+	n, err := s.sync.commit(tx.Commit)
+	return n, unavailable(err)
+}
+
+// unavailable marks an error of a write that failed for want of disk (SQLITE_FULL, an I/O
+// error, ENOSPC, EDQUOT) with store.ErrUnavailable: not the client's fault, nor a bug, and
+// it may pass.
+func unavailable(err error) error {
+	if err == nil || errors.Is(err, store.ErrUnavailable) {
+		return err
+	}
+	var se *sqlite.Error
+	full := errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) || errors.Is(err, syscall.EIO)
+	if errors.As(err, &se) {
+		switch se.Code() & 0xff { // the primary code of an extended one
+		case sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR:
+			full = true
+		}
+	}
+	if !full {
+		return err
+	}
+	return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
+}
+
+// Probe implements store.Store: it rewrites the probe row (64 KiB) and waits for the sync.
+func (s *Store) Probe(ctx context.Context) error {
+	const op = "probe"
+	if err := s.enter(op); err != nil {
+		return err
+	}
+	defer s.leave()
+	return wrap(op, s.write(ctx, func(tx *sql.Tx) error {
+		_, err := s.wtx(tx).ExecContext(ctx, `INSERT OR REPLACE INTO probe (id, pad) VALUES (1, zeroblob(65536))`)
+		return err
+	}))
 }
 
 // rq runs a query on the reader pool; rtx and wtx inside a transaction of the reader or the

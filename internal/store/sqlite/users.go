@@ -240,7 +240,7 @@ func (s *Store) DeviceByRefreshHash(ctx context.Context, hash string) (_ store.D
 
 // RotateRefresh implements store.Devices. The compare-and-swap is one UPDATE on the single
 // writer connection, in its own transaction, so of concurrent rotations of the same old hash exactly one matches.
-func (s *Store) RotateRefresh(ctx context.Context, deviceID, oldHash, newHash string, expiresTS int64) error {
+func (s *Store) RotateRefresh(ctx context.Context, deviceID, oldHash, newHash string, expiresTS, nowTS int64) error {
 	const op = "rotate refresh"
 	if err := s.enter(op); err != nil {
 		return err
@@ -253,7 +253,15 @@ func (s *Store) RotateRefresh(ctx context.Context, deviceID, oldHash, newHash st
 		if err != nil {
 			return err
 		}
-		n, err = res.RowsAffected()
+		if n, err = res.RowsAffected(); err != nil || n == 0 {
+			return err
+		}
+		if _, err := s.wtx(tx).ExecContext(ctx, `DELETE FROM refresh_rotated WHERE device_id = ? AND expires_ts <= ?`,
+			deviceID, nowTS); err != nil {
+			return err
+		}
+		_, err = s.wtx(tx).ExecContext(ctx, `INSERT OR REPLACE INTO refresh_rotated (hash, device_id, expires_ts) VALUES (?, ?, ?)`,
+			oldHash, deviceID, expiresTS)
 		return err
 	})
 	if err != nil {
@@ -263,6 +271,54 @@ func (s *Store) RotateRefresh(ctx context.Context, deviceID, oldHash, newHash st
 		return fmt.Errorf("sqlite: %s %q: %w", op, deviceID, store.ErrNotFound)
 	}
 	return nil
+}
+
+// DeviceByRotatedRefresh implements store.Devices.
+func (s *Store) DeviceByRotatedRefresh(ctx context.Context, hash string) (_ store.Device, err error) {
+	const op = "device by rotated refresh"
+	if err := s.enterRead(op); err != nil {
+		return store.Device{}, err
+	}
+	defer s.leaveRead(&err)
+	d, err := scanDevice(s.rq().QueryRowContext(ctx, `SELECT `+prefixed("d.", deviceCols)+`
+		FROM refresh_rotated r JOIN devices d ON d.id = r.device_id WHERE r.hash = ?`, hash))
+	if errors.Is(err, sql.ErrNoRows) {
+		return store.Device{}, fmt.Errorf("sqlite: %s: %w", op, store.ErrNotFound)
+	}
+	return d, wrap(op, err)
+}
+
+// DevicesOf implements store.Devices.
+func (s *Store) DevicesOf(ctx context.Context, userID string) (_ []store.Device, err error) {
+	const op = "devices of"
+	if err := s.enterRead(op); err != nil {
+		return nil, err
+	}
+	defer s.leaveRead(&err)
+	rows, err := s.rq().QueryContext(ctx, `SELECT `+deviceCols+` FROM devices
+		WHERE user_id = ? AND revoked_ts = 0 ORDER BY created_ts, id`, userID)
+	if err != nil {
+		return nil, wrap(op, err)
+	}
+	defer rows.Close()
+	var out []store.Device
+	for rows.Next() {
+		d, err := scanDevice(rows)
+		if err != nil {
+			return nil, wrap(op, err)
+		}
+		out = append(out, d)
+	}
+	return out, wrap(op, rows.Err())
+}
+
+// prefixed qualifies each of a comma-separated list of columns with p.
+func prefixed(p, cols string) string {
+	parts := strings.Split(cols, ", ")
+	for i := range parts {
+		parts[i] = p + parts[i]
+	}
+	return strings.Join(parts, ", ")
 }
 
 // RevokeDevice implements store.Devices. A second revocation keeps the first revocation's ts.
@@ -286,7 +342,11 @@ func (s *Store) RevokeDevice(ctx context.Context, deviceID string, ts int64) err
 		if revoked != 0 {
 			return nil
 		}
-		_, err = s.wtx(tx).ExecContext(ctx, `UPDATE devices SET revoked_ts = ? WHERE id = ?`, ts, deviceID)
+		if _, err = s.wtx(tx).ExecContext(ctx, `UPDATE devices SET revoked_ts = ? WHERE id = ?`, ts, deviceID); err != nil {
+			return err
+		}
+		// A revoked device's tokens are refused whatever they are: no need to remember them.
+		_, err = s.wtx(tx).ExecContext(ctx, `DELETE FROM refresh_rotated WHERE device_id = ?`, deviceID)
 		return err
 	})
 	if err != nil {

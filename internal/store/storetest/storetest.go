@@ -346,9 +346,9 @@ func testDevices(t *testing.T, s store.Store) {
 		t.Fatalf("DeviceByRefreshHash(h1) = %+v, %v; want %+v", got, err, d)
 	}
 
-	wantErr(t, "RotateRefresh(wrong old hash)", s.RotateRefresh(ctx, "d1", "nope", "h2", ts0+200), store.ErrNotFound)
-	wantErr(t, "RotateRefresh(missing device)", s.RotateRefresh(ctx, "d9", "h1", "h2", ts0+200), store.ErrNotFound)
-	if err := s.RotateRefresh(ctx, "d1", "h1", "h2", ts0+200); err != nil {
+	wantErr(t, "RotateRefresh(wrong old hash)", s.RotateRefresh(ctx, "d1", "nope", "h2", ts0+200, ts0), store.ErrNotFound)
+	wantErr(t, "RotateRefresh(missing device)", s.RotateRefresh(ctx, "d9", "h1", "h2", ts0+200, ts0), store.ErrNotFound)
+	if err := s.RotateRefresh(ctx, "d1", "h1", "h2", ts0+200, ts0); err != nil {
 		t.Fatalf("RotateRefresh: %v", err)
 	}
 	_, err = s.DeviceByRefreshHash(ctx, "h1")
@@ -357,7 +357,39 @@ func testDevices(t *testing.T, s store.Store) {
 	if err != nil || got.ID != "d1" || got.RefreshHash != "h2" || got.RefreshExpiresTS != ts0+200 {
 		t.Fatalf("DeviceByRefreshHash(h2) = %+v, %v", got, err)
 	}
-	wantErr(t, "RotateRefresh(old hash again)", s.RotateRefresh(ctx, "d1", "h1", "h3", ts0+300), store.ErrNotFound)
+	wantErr(t, "RotateRefresh(old hash again)", s.RotateRefresh(ctx, "d1", "h1", "h3", ts0+300, ts0), store.ErrNotFound)
+
+	// The rotated-out hash is remembered, for theft detection; current and unknown ones are
+	// not "rotated".
+	if got, err := s.DeviceByRotatedRefresh(ctx, "h1"); err != nil || got.ID != "d1" {
+		t.Fatalf("DeviceByRotatedRefresh(h1) = %+v, %v; want d1", got, err)
+	}
+	for _, h := range []string{"h2", "nope"} {
+		_, err := s.DeviceByRotatedRefresh(ctx, h)
+		wantErr(t, "DeviceByRotatedRefresh("+h+")", err, store.ErrNotFound)
+	}
+	// Rotations drop what has expired by their nowTS: h1 was kept until ts0+200.
+	if err := s.RotateRefresh(ctx, "d1", "h2", "h2b", ts0+250, ts0+201); err != nil {
+		t.Fatalf("RotateRefresh(h2): %v", err)
+	}
+	_, err = s.DeviceByRotatedRefresh(ctx, "h1")
+	wantErr(t, "DeviceByRotatedRefresh(h1 after its expiry)", err, store.ErrNotFound)
+	if got, err := s.DeviceByRotatedRefresh(ctx, "h2"); err != nil || got.ID != "d1" {
+		t.Fatalf("DeviceByRotatedRefresh(h2) = %+v, %v; want d1", got, err)
+	}
+
+	// DevicesOf lists active devices, oldest first.
+	d2 := store.Device{ID: "d2", UserID: "u1", Name: "phone", RefreshHash: "p1", RefreshExpiresTS: ts0 + 100, CreatedTS: ts0 + 1}
+	if err := s.CreateDevice(ctx, d2); err != nil {
+		t.Fatal(err)
+	}
+	ds, err := s.DevicesOf(ctx, "u1")
+	if err != nil || len(ds) != 2 || ds[0].ID != "d1" || ds[1] != d2 {
+		t.Fatalf("DevicesOf(u1) = %+v, %v; want d1 then d2", ds, err)
+	}
+	if ds, err := s.DevicesOf(ctx, "nobody"); err != nil || len(ds) != 0 {
+		t.Fatalf("DevicesOf(nobody) = %+v, %v; want none", ds, err)
+	}
 
 	if err := s.RevokeDevice(ctx, "d1", ts0+400); err != nil {
 		t.Fatalf("RevokeDevice: %v", err)
@@ -368,10 +400,13 @@ func testDevices(t *testing.T, s store.Store) {
 	wantErr(t, "RevokeDevice(missing)", s.RevokeDevice(ctx, "d9", ts0), store.ErrNotFound)
 	_, err = s.DeviceByRefreshHash(ctx, "h2")
 	wantErr(t, "DeviceByRefreshHash(revoked)", err, store.ErrNotFound)
-	wantErr(t, "RotateRefresh(revoked)", s.RotateRefresh(ctx, "d1", "h2", "h3", ts0+600), store.ErrNotFound)
+	wantErr(t, "RotateRefresh(revoked)", s.RotateRefresh(ctx, "d1", "h2", "h3", ts0+600, ts0), store.ErrNotFound)
 	got, err = s.Device(ctx, "d1")
 	if err != nil || got.RevokedTS == 0 {
 		t.Fatalf("Device(revoked) = %+v, %v; want it, with RevokedTS set", got, err)
+	}
+	if ds, err := s.DevicesOf(ctx, "u1"); err != nil || len(ds) != 1 || ds[0].ID != "d2" {
+		t.Fatalf("DevicesOf(u1) after revoking d1 = %+v, %v; want d2 alone", ds, err)
 	}
 }
 
@@ -386,7 +421,7 @@ func testConcurrentRotation(t *testing.T, s store.Store) {
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Go(func() {
-			errs[i] = s.RotateRefresh(ctx, "d1", "old", fmt.Sprintf("new%d", i), ts0+1)
+			errs[i] = s.RotateRefresh(ctx, "d1", "old", fmt.Sprintf("new%d", i), ts0+1, ts0)
 		})
 	}
 	wg.Wait()

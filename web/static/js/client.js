@@ -404,7 +404,9 @@ function onError(f) {
   }
   if (RETRYABLE.has(f.code)) {
     clearTimeout(outboxRetry);
-    outboxRetry = setTimeout(flushOutbox, 1000 + Math.random() * 1000);
+    // The server says when (retry_after_ms); never sooner than a second, with jitter.
+    const wait = Math.max(1000, f.retry_after_ms || 0);
+    outboxRetry = setTimeout(flushOutbox, wait + Math.random() * 1000);
     return;
   }
   if (e.kind === 'text') {

@@ -78,6 +78,17 @@ function append(el, children) {
 // Candidate URLs; only those that parse as http: or https: become links.
 const URL_RE = /\bhttps?:\/\/[^\s<>"]+/gi;
 
+// Explicit bidi embeddings, overrides and isolates (U+202A–U+202E, U+2066–U+2069).
+const BIDI_RE = /[\u202A-\u202E\u2066-\u2069]/;
+
+// plain returns text as nodes. Text with bidi controls is cut at each control (which is
+// dropped) and every piece isolated in its own <bdi>: an override cannot reach past its
+// piece, so "invoice\u202Efdp.exe" reads as written, not as "invoiceexe.pdf".
+function plain(text) {
+  if (!BIDI_RE.test(text)) return [document.createTextNode(text)];
+  return text.split(BIDI_RE).filter(Boolean).map((piece) => h('bdi', null, piece));
+}
+
 // linkify turns a message body into text nodes and safe links.
 export function linkify(text) {
   const out = [];
@@ -92,11 +103,11 @@ export function linkify(text) {
     let url;
     try { url = new URL(raw); } catch { continue; }
     if (url.protocol !== 'http:' && url.protocol !== 'https:') continue;
-    if (m.index > last) out.push(document.createTextNode(text.slice(last, m.index)));
-    out.push(h('a', { href: url.href, target: '_blank', rel: 'noopener noreferrer' }, raw));
+    if (m.index > last) out.push(...plain(text.slice(last, m.index)));
+    out.push(h('a', { href: url.href, target: '_blank', rel: 'noopener noreferrer' }, ...plain(raw)));
     last = m.index + raw.length;
   }
-  if (last < text.length) out.push(document.createTextNode(text.slice(last)));
+  if (last < text.length) out.push(...plain(text.slice(last)));
   return out;
 }
 

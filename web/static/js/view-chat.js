@@ -394,7 +394,7 @@ function quoteOf(cid, tl, seq) {
 
 function bodyOf(m) {
   if (m.deleted) return h('p', { class: 'body deleted', 'data-testid': 'msg-body' }, 'This message was deleted');
-  return h('p', { class: 'body', 'data-testid': 'msg-body' }, linkify(m.body || ''));
+  return h('p', { class: 'body', dir: 'auto', 'data-testid': 'msg-body' }, linkify(m.body || ''));
 }
 
 function quoteEl(q, seq) {
