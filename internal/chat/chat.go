@@ -266,10 +266,14 @@ func (s *Service) validate(ctx context.Context, ev *Event) error {
 		if string(ev.Attachments) == "null" {
 			ev.Attachments = nil
 		}
-		if err := checkAttachments(ev.Attachments); err != nil {
+		n, err := checkAttachments(ev.Attachments)
+		if err != nil {
 			return err
 		}
-		if len(ev.Attachments) == 0 && strings.TrimSpace(ev.Body) == "" {
+		if n == 0 {
+			ev.Attachments = nil // "[]" is no attachment: the body must then say something
+		}
+		if n == 0 && strings.TrimSpace(ev.Body) == "" {
 			return Errorf(protocol.CodeBadRequest, "body is empty or only white space")
 		}
 		return s.checkBody(ev.Body)
@@ -319,26 +323,26 @@ func (s *Service) checkBody(body string) error {
 // maxAttachments bounds the attachments of one message.
 const maxAttachments = 10
 
-// checkAttachments accepts a JSON array of at most maxAttachments media ids (the ids the
+// checkAttachments counts the attachments of a send, accepting a JSON array of at most maxAttachments media ids (the ids the
 // server gave uploads): never URLs or objects, which would let a message point members'
 // clients at any address.
-func checkAttachments(raw json.RawMessage) error {
+func checkAttachments(raw json.RawMessage) (int, error) {
 	if len(raw) == 0 {
-		return nil
+		return 0, nil
 	}
 	var ids []string
 	if err := json.Unmarshal(raw, &ids); err != nil {
-		return Errorf(protocol.CodeBadRequest, "attachments must be a JSON array of media ids")
+		return 0, Errorf(protocol.CodeBadRequest, "attachments must be a JSON array of media ids")
 	}
 	if len(ids) > maxAttachments {
-		return Errorf(protocol.CodeBadRequest, "a message has at most %d attachments, this one has %d", maxAttachments, len(ids))
+		return 0, Errorf(protocol.CodeBadRequest, "a message has at most %d attachments, this one has %d", maxAttachments, len(ids))
 	}
 	for _, id := range ids {
 		if _, err := uuid.Parse(id); err != nil || len(id) != 36 {
-			return Errorf(protocol.CodeBadRequest, "attachments are media ids from POST /api/v1/media, not %q", Clip(id))
+			return 0, Errorf(protocol.CodeBadRequest, "attachments are media ids from POST /api/v1/media, not %q", Clip(id))
 		}
 	}
-	return nil
+	return len(ids), nil
 }
 
 // checkTarget loads the target of an edit, delete or reaction and the sender's role, and

@@ -610,6 +610,7 @@ func TestBadFrameInput(t *testing.T) {
 		{"object attachment", protocol.ClientFrame{Type: "send", Body: "see", Attachments: json.RawMessage(`[{"url":"https://evil.example"}]`)}},
 		{"too many attachments", protocol.ClientFrame{Type: "send", Body: "see", Attachments: json.RawMessage(`[` + strings.Repeat(`"`+uuid.NewString()+`",`, 10) + `"` + uuid.NewString() + `"]`)}},
 		{"whitespace edit", protocol.ClientFrame{Type: "edit", TargetSeq: 1, Body: "   "}},
+		{"no body, empty attachments", protocol.ClientFrame{Type: "send", Attachments: json.RawMessage(`[]`)}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
