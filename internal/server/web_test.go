@@ -39,6 +39,11 @@ func TestWebAppServed(t *testing.T) {
 	if csp := res.Header.Get("Content-Security-Policy"); !strings.Contains(csp, "script-src 'self'") {
 		t.Errorf("CSP = %q, want script-src 'self'", csp)
 	}
+	// connect-src names this server, not every ws:/wss: host.
+	want := "connect-src 'self' ws://" + ts.addr + " wss://" + ts.addr + ";"
+	if csp := res.Header.Get("Content-Security-Policy"); !strings.Contains(csp, want) || strings.Contains(csp, " ws: ") || strings.Contains(csp, " wss:;") {
+		t.Errorf("CSP = %q, want %q and no bare ws:/wss:", csp, want)
+	}
 	if res.Header.Get("X-Content-Type-Options") != "nosniff" {
 		t.Errorf("no nosniff header")
 	}

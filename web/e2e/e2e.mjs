@@ -376,6 +376,17 @@ async function scenarios(browser) {
     check(/\bnoopener\b/.test(found.rel || '') && found.target === '_blank', `the link has rel=${found.rel} target=${found.target}`);
     check(found.linkText === 'https://example.com/x?a=1&b=2', `the link text is ${found.linkText}`);
   }
+  step('bidi: a right-to-left override cannot reverse a file name: the pieces are isolated');
+  await send(alice, 'invoice\u202Efdp.exe');
+  for (const p of [bob, alice]) {
+    await seen(p, 'invoicefdp.exe'); // the override itself is dropped
+    const found = await p.evaluate(() => {
+      const el = [...document.querySelectorAll('[data-testid="msg-body"]')].find((e) => e.textContent === 'invoicefdp.exe');
+      return { dir: el?.getAttribute('dir'), pieces: [...(el?.querySelectorAll('bdi') || [])].map((b) => b.textContent) };
+    });
+    check(found.dir === 'auto', `the body's dir is ${found.dir}, want auto`);
+    check(found.pieces.join('|') === 'invoice|fdp.exe', `the isolated pieces are ${JSON.stringify(found.pieces)}`);
+  }
   await send(alice, 'Anyway, see you at lunch! 🍝');
   await seen(bob, 'Anyway, see you at lunch! 🍝');
   assertNoProblems();
