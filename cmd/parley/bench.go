@@ -213,6 +213,7 @@ var benchServerArgs = []string{
 	"--limit", "send=1000000/s:1000000", "--limit", "edit=1000000/s:1000000",
 	"--limit", "react=1000000/s:1000000", "--limit", "receipt=1000000/s:1000000",
 	"--limit", "typing=1000000/s:1000000", "--limit", "group-create=1000000/s:1000000",
+	"--limit", "membership=1000000/s:1000000",
 	"--limit", "login-ip=1000000/s:1000000", "--limit", "login-account-ip=1000000/s:1000000",
 	"--limit", "login-account=1000000/s:1000000", "--limit", "signup-ip=1000000/s:1000000",
 	"--limit", "refresh-ip=1000000/s:1000000",

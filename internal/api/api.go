@@ -34,6 +34,9 @@ type Config struct {
 	RefreshTTL time.Duration // lifetime of a refresh token, renewed on every refresh (default 30 days)
 	Password   auth.Params   // argon2id cost (default auth.DefaultParams)
 	TicketTTL  time.Duration // lifetime of a WebSocket ticket (default 30s)
+	// RefreshGrace is how long after a rotation the old refresh token is refused without
+	// logging its device out, as a concurrent refresh or a retry presents it (default 30s).
+	RefreshGrace time.Duration
 	// MaxHashing bounds concurrent password hashes: each takes Password.Memory KiB, and a
 	// burst of logins must not exhaust memory (default 4).
 	MaxHashing int
@@ -51,6 +54,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.TicketTTL <= 0 {
 		c.TicketTTL = 30 * time.Second
+	}
+	if c.RefreshGrace <= 0 {
+		c.RefreshGrace = 30 * time.Second
 	}
 	if c.MaxHashing <= 0 {
 		c.MaxHashing = 4
@@ -501,12 +507,22 @@ func (a *API) refresh(w http.ResponseWriter, r *http.Request) {
 // two parties hold the device's tokens and one of them stole them (RFC 9700 §4.14). Which
 // one cannot be told, so the whole device is logged out: the thief's newest token stops
 // working, and so does the owner's, who logs in again.
+//
+// Except just after the rotation (Config.RefreshGrace): two tabs of one browser refreshing the same
+// token at once, or a client retrying a refresh whose answer it lost, present the old token
+// moments later. That is answered 401 (the client uses the newer token, or logs in) without
+// logging the device out.
 func (a *API) refreshReused(r *http.Request, hash string) {
-	d, err := a.st.DeviceByRotatedRefresh(r.Context(), hash)
+	d, rotated, err := a.st.DeviceByRotatedRefresh(r.Context(), hash)
 	if err != nil || d.RevokedTS != 0 {
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			a.log.Error("look up rotated refresh token", "request_id", requestID(r.Context()), "err", err)
 		}
+		return
+	}
+	if a.now().UnixMilli()-rotated < a.cfg.RefreshGrace.Milliseconds() {
+		a.log.Info("rotated refresh token presented again just after its rotation: refused, device kept",
+			"user", d.UserID, "device", d.ID, "request_id", requestID(r.Context()))
 		return
 	}
 	a.log.Warn("rotated refresh token presented again: device logged out", "user", d.UserID, "device", d.ID,
@@ -643,6 +659,10 @@ func (a *API) createConversation(w http.ResponseWriter, r *http.Request) {
 			a.writeError(w, r, chat.Errorf(protocol.CodeBadRequest, "a direct conversation takes exactly one other member in member_ids"))
 			return
 		}
+		if err := a.lim.User(r.Context(), "conversation changes", a.lim.Config().Membership, me); err != nil {
+			a.writeError(w, r, err)
+			return
+		}
 		c, created, err := a.chat.CreateDirect(r.Context(), me, req.MemberIDs[0])
 		if err != nil {
 			a.writeError(w, r, err)
@@ -712,6 +732,10 @@ func (a *API) patchConversation(w http.ResponseWriter, r *http.Request) {
 	}
 	id, me := r.PathValue("id"), callerOf(r).userID
 	if req.Name != nil {
+		if err := a.lim.User(r.Context(), "conversation changes", a.lim.Config().Membership, me); err != nil {
+			a.writeError(w, r, err)
+			return
+		}
 		if _, err := a.chat.Rename(r.Context(), me, id, *req.Name); err != nil {
 			a.writeError(w, r, notFoundConversation(err, id))
 			return
@@ -727,6 +751,10 @@ func (a *API) addMembers(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id := r.PathValue("id")
+	if err := a.lim.User(r.Context(), "conversation changes", a.lim.Config().Membership, callerOf(r).userID); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
 	if _, err := a.chat.AddMembers(r.Context(), callerOf(r).userID, id, req.UserIDs); err != nil {
 		a.writeError(w, r, notFoundConversation(err, id))
 		return
@@ -736,6 +764,10 @@ func (a *API) addMembers(w http.ResponseWriter, r *http.Request) {
 
 func (a *API) removeMember(w http.ResponseWriter, r *http.Request) {
 	id, me, target := r.PathValue("id"), callerOf(r).userID, r.PathValue("user_id")
+	if err := a.lim.User(r.Context(), "conversation changes", a.lim.Config().Membership, me); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
 	if _, err := a.chat.RemoveMember(r.Context(), me, id, target); err != nil {
 		a.writeError(w, r, notFoundConversation(err, id))
 		return

@@ -65,6 +65,8 @@ func Code(err error) (code, message string) {
 		return ce.Code, ce.Message
 	case errors.As(err, &ex):
 		return protocol.CodeRateLimited, ex.Error()
+	case errors.Is(err, limit.ErrUnavailable):
+		return protocol.CodeUnavailable, "the server cannot check its limits now; try again shortly"
 	case errors.Is(err, store.ErrUnavailable):
 		return protocol.CodeUnavailable, "the server cannot store anything now; try again later"
 	case errors.Is(err, store.ErrBadCursor):

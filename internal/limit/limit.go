@@ -11,6 +11,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -56,6 +57,10 @@ type Config struct {
 	Typing  Rule // typing frames, before the relay's own throttle (default 5/s, burst 20)
 	// GroupCreate bounds groups a user creates (default 30 per hour, burst 30).
 	GroupCreate Rule
+	// Membership bounds the other changes a user makes that notify other users: direct
+	// conversations started, members added or removed, groups renamed (default 60/min,
+	// burst 60).
+	Membership Rule
 
 	// Before authentication.
 	LoginIP        Rule // login attempts per client address, any account (default 30/min, burst 30)
@@ -84,6 +89,7 @@ func Defaults() Config {
 		Receipt:        Rule{Rate: 100, Burst: 1000},
 		Typing:         Rule{Rate: 5, Burst: 20},
 		GroupCreate:    PerHour(30, 30),
+		Membership:     PerMinute(60, 60),
 		LoginIP:        PerMinute(30, 30),
 		LoginAccountIP: PerMinute(6, 10),
 		LoginAccount:   PerMinute(30, 60),
@@ -105,6 +111,7 @@ func (c Config) WithDefaults() Config {
 	c.Receipt = c.Receipt.or(d.Receipt)
 	c.Typing = c.Typing.or(d.Typing)
 	c.GroupCreate = c.GroupCreate.or(d.GroupCreate)
+	c.Membership = c.Membership.or(d.Membership)
 	c.LoginIP = c.LoginIP.or(d.LoginIP)
 	c.LoginAccountIP = c.LoginAccountIP.or(d.LoginAccountIP)
 	c.LoginAccount = c.LoginAccount.or(d.LoginAccount)
@@ -132,15 +139,29 @@ type Limiter struct {
 	now  func() time.Time
 	// lastWarn rate-limits the warning logged when soft state fails (unix ms).
 	lastWarn atomic.Int64
+	// timeout bounds each call to soft state (0: none, for memory); skipUntil (unix ms) is
+	// when per-user checks, which fail open, go back to soft state after a failure, so
+	// that an unreachable Redis costs a frame one timeout at most every failPause, not
+	// every frame.
+	timeout   time.Duration
+	skipUntil atomic.Int64
 }
 
-// New returns a Limiter over soft with cfg (zero fields take the defaults).
-func New(cfg Config, soft state.Limits, log *slog.Logger) *Limiter {
-	return &Limiter{cfg: cfg.WithDefaults(), soft: soft, log: log, now: time.Now}
+// failPause is how long per-user checks let everything through after soft state failed.
+const failPause = 5 * time.Second
+
+// New returns a Limiter over soft with cfg (zero fields take the defaults). timeout bounds
+// each call to soft state: give one for a remote store (Redis), 0 for memory.
+func New(cfg Config, soft state.Limits, timeout time.Duration, log *slog.Logger) *Limiter {
+	return &Limiter{cfg: cfg.WithDefaults(), soft: soft, timeout: timeout, log: log, now: time.Now}
 }
 
 // Config returns the limits in force, defaults filled in.
 func (l *Limiter) Config() Config { return l.cfg }
+
+// ErrUnavailable is a limit on strangers that could not be checked (soft state is down):
+// the caller answers unavailable (503), and the client retries.
+var ErrUnavailable = errors.New("rate limits cannot be checked now")
 
 // Exceeded is the error of an action over its limit: the caller answers rate_limited with
 // RetryAfter.
@@ -155,8 +176,9 @@ func (e *Exceeded) Error() string {
 
 // User takes a token from user's bucket for rule (one of cfg's per-user rules, named by
 // what). It answers nil or an *Exceeded. If soft state cannot be reached the action is
-// allowed and a warning logged (at most every 10 s): a Redis outage must not stop chat, and
-// the limits exist to stop abuse, not to be a second point of failure.
+// allowed, and so is every per-user action for failPause after, and a warning logged (at
+// most every 10 s): a Redis outage must not stop chat, and the limits exist to stop abuse,
+// not to be a second point of failure.
 func (l *Limiter) User(ctx context.Context, what string, rule Rule, userID string) error {
 	return l.take(ctx, what, rule, what+":u:"+userID, false)
 }
@@ -170,14 +192,30 @@ func (l *Limiter) Key(ctx context.Context, what string, rule Rule, subject strin
 }
 
 func (l *Limiter) take(ctx context.Context, what string, rule Rule, key string, failClosed bool) error {
-	ok, wait, err := l.soft.Allow(ctx, key, rule.Rate, rule.Burst, l.now().UnixMilli())
+	now := l.now().UnixMilli()
+	if !failClosed && now < l.skipUntil.Load() {
+		return nil
+	}
+	if l.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, l.timeout)
+		defer cancel()
+	}
+	ok, wait, err := l.soft.Allow(ctx, key, rule.Rate, rule.Burst, now)
 	if err != nil {
+		if !failClosed {
+			l.skipUntil.Store(now + failPause.Milliseconds())
+		}
 		if failClosed {
-			return fmt.Errorf("limit %s: %w", what, err)
+			if now := l.now().UnixMilli(); now-l.lastWarn.Load() > 10_000 {
+				l.lastWarn.Store(now)
+				l.log.Warn("rate limits unavailable: refusing", "limit", what, "err", err)
+			}
+			return fmt.Errorf("limit %s: %w: %w", what, ErrUnavailable, err)
 		}
 		if now := l.now().UnixMilli(); now-l.lastWarn.Load() > 10_000 {
 			l.lastWarn.Store(now)
-			l.log.Warn("rate limits unavailable: allowing", "limit", what, "err", err)
+			l.log.Warn("rate limits unavailable: allowing for a while", "limit", what, "pause", failPause, "err", err)
 		}
 		return nil
 	}
@@ -280,7 +318,7 @@ func ParsePrefixes(s string) ([]netip.Prefix, error) {
 func (c *Config) rules() map[string]*Rule {
 	return map[string]*Rule{
 		"send": &c.Send, "edit": &c.Edit, "react": &c.React, "receipt": &c.Receipt, "typing": &c.Typing,
-		"group-create": &c.GroupCreate, "login-ip": &c.LoginIP, "login-account-ip": &c.LoginAccountIP,
+		"group-create": &c.GroupCreate, "membership": &c.Membership, "login-ip": &c.LoginIP, "login-account-ip": &c.LoginAccountIP,
 		"login-account": &c.LoginAccount, "signup-ip": &c.SignupIP, "refresh-ip": &c.RefreshIP,
 	}
 }

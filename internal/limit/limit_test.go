@@ -89,7 +89,7 @@ func TestKeyIsHashed(t *testing.T) {
 	}
 	soft := memstate.New()
 	defer soft.Close()
-	l := limit.New(limit.Config{}, soft, slog.New(slog.DiscardHandler))
+	l := limit.New(limit.Config{}, soft, 0, slog.New(slog.DiscardHandler))
 	rule := limit.Rule{Rate: 0.01, Burst: 2}
 	ctx := context.Background()
 	for i := range 3 {
@@ -106,13 +106,13 @@ func TestKeyIsHashed(t *testing.T) {
 func TestSoftStateDown(t *testing.T) {
 	soft := memstate.New()
 	soft.Close()
-	l := limit.New(limit.Config{}, soft, slog.New(slog.DiscardHandler))
+	l := limit.New(limit.Config{}, soft, 0, slog.New(slog.DiscardHandler))
 	rule := limit.Rule{Rate: 1, Burst: 1}
 	if err := l.User(context.Background(), "messages", rule, "u1"); err != nil {
 		t.Fatalf("User with soft state down: %v, want allowed", err)
 	}
-	if err := l.Key(context.Background(), "logins", rule, "alice"); err == nil {
-		t.Fatal("Key with soft state down: allowed, want an error")
+	if err := l.Key(context.Background(), "logins", rule, "alice"); !errors.Is(err, limit.ErrUnavailable) {
+		t.Fatalf("Key with soft state down: %v, want ErrUnavailable", err)
 	}
 }
 
@@ -145,7 +145,7 @@ func FuzzClientAddr(f *testing.F) {
 func BenchmarkUser(b *testing.B) {
 	soft := memstate.New()
 	defer soft.Close()
-	l := limit.New(limit.Config{}, soft, slog.New(slog.DiscardHandler))
+	l := limit.New(limit.Config{}, soft, 0, slog.New(slog.DiscardHandler))
 	rule := limit.Rule{Rate: 1e9, Burst: 1e9}
 	ctx := context.Background()
 	users := []string{"0192f0a0-0000-7000-8000-000000000001", "0192f0a0-0000-7000-8000-000000000002"}

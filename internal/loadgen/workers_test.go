@@ -25,7 +25,7 @@ func startServer(t *testing.T) (url string, stop func()) {
 	cfg.API.Password = auth.Params{Memory: 64, Time: 1, Threads: 1}
 	// The load generator plays many users from one address: limits raised, as bench does.
 	many := limit.Rule{Rate: 1e6, Burst: 1e6}
-	cfg.Limits = limit.Config{Send: many, Edit: many, React: many, Receipt: many, Typing: many, GroupCreate: many,
+	cfg.Limits = limit.Config{Send: many, Edit: many, React: many, Receipt: many, Typing: many, GroupCreate: many, Membership: many,
 		LoginIP: many, LoginAccountIP: many, LoginAccount: many, SignupIP: many, RefreshIP: many, ConnsPerIP: 1e6}
 	s, err := server.New(context.Background(), cfg, slog.New(slog.DiscardHandler))
 	if err != nil {

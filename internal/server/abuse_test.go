@@ -269,7 +269,7 @@ func TestTypingFloodThrottled(t *testing.T) {
 // (RFC 9700 §4.14): it gets 401 and the device is logged out, so the newest refresh token,
 // the access token and the device's socket stop working too.
 func TestRefreshReuseLogsDeviceOut(t *testing.T) {
-	ts := startServer(t, nil)
+	ts := startServer(t, func(c *Config) { c.API.RefreshGrace = time.Nanosecond })
 	alice := ts.signup("alice")
 	other := ts.login("alice") // another device of alice: unaffected
 	c := ts.dialRaw(alice.AccessToken)
@@ -297,6 +297,23 @@ func TestRefreshReuseLogsDeviceOut(t *testing.T) {
 	// A token that was never issued is just invalid: no device to log out.
 	if code := ts.call("POST", "/api/v1/auth/refresh", "", protocol.RefreshRequest{RefreshToken: "made-up"}, nil); code != 401 {
 		t.Fatalf("made-up refresh token: %d", code)
+	}
+}
+
+// TestRefreshReuseGrace: the old token presented again just after its rotation (two tabs
+// refreshing at once, a retry after a lost answer) is refused without logging the device out.
+func TestRefreshReuseGrace(t *testing.T) {
+	ts := startServer(t, nil) // the default grace, 30 s
+	alice := ts.signup("alice")
+	var rotated protocol.Tokens
+	if code := ts.call("POST", "/api/v1/auth/refresh", "", protocol.RefreshRequest{RefreshToken: alice.RefreshToken}, &rotated); code != 200 {
+		t.Fatalf("refresh: %d", code)
+	}
+	if code := ts.call("POST", "/api/v1/auth/refresh", "", protocol.RefreshRequest{RefreshToken: alice.RefreshToken}, nil); code != 401 {
+		t.Fatalf("the old token at once: %d, want 401", code)
+	}
+	if code := ts.call("POST", "/api/v1/auth/refresh", "", protocol.RefreshRequest{RefreshToken: rotated.RefreshToken}, nil); code != 200 {
+		t.Fatalf("the newest token after a reuse within the grace: %d, want 200 (device kept)", code)
 	}
 }
 
@@ -389,6 +406,7 @@ func TestResourceLimits(t *testing.T) {
 		c.Limits.MaxDevices = 2
 		c.Limits.MaxContacts = 1
 		c.Limits.GroupCreate = limit.Rule{Rate: 0.001, Burst: 2}
+		c.Limits.Membership = limit.Rule{Rate: 0.001, Burst: 3}
 	})
 	alice, bob, carol := ts.signup("alice"), ts.signup("bob"), ts.signup("carol")
 
@@ -437,6 +455,28 @@ func TestResourceLimits(t *testing.T) {
 		var eb protocol.ErrorBody
 		if code := ts.call("POST", "/api/v1/conversations", bob.AccessToken, req, &eb); code != 429 || eb.Error.RetryAfterMS <= 0 {
 			t.Fatalf("third group at once: %d %+v, want 429 with retry_after_ms", code, eb)
+		}
+	})
+	t.Run("membership changes", func(t *testing.T) {
+		// Adding and removing a member over and over would flood them with system events.
+		g := ts.group(alice, "churn")
+		path := "/api/v1/conversations/" + g.ID + "/members"
+		calls := []func() int{
+			func() int {
+				return ts.call("POST", path, alice.AccessToken, protocol.AddMembersRequest{UserIDs: []string{bob.UserID}}, nil)
+			},
+			func() int { return ts.call("DELETE", path+"/"+bob.UserID, alice.AccessToken, nil, nil) },
+			func() int {
+				return ts.call("PATCH", "/api/v1/conversations/"+g.ID, alice.AccessToken, protocol.PatchConversationRequest{Name: ptr("x")}, nil)
+			},
+		}
+		for i, call := range calls {
+			if code := call(); code >= 400 {
+				t.Fatalf("change %d: %d", i, code)
+			}
+		}
+		if code := calls[0](); code != 429 {
+			t.Fatalf("fourth change at once: %d, want 429", code)
 		}
 	})
 }

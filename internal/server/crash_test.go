@@ -62,7 +62,7 @@ func startProcess(t *testing.T, bin, data string, args ...string) (*testServer, 
 	t.Helper()
 	// Limits raised as testLimits does: the test plays many users from one address.
 	base := []string{"--argon2-memory-kib", "64", "--argon2-time", "1"}
-	for _, l := range []string{"send", "receipt", "signup-ip", "login-ip", "login-account-ip", "login-account", "refresh-ip"} {
+	for _, l := range []string{"send", "receipt", "membership", "signup-ip", "login-ip", "login-account-ip", "login-account", "refresh-ip"} {
 		base = append(base, "--limit", l+"=100000/s:100000")
 	}
 	p, err := loadgen.StartServer(context.Background(), bin, data, append(base, args...)...)

@@ -37,7 +37,7 @@ type testServer struct {
 func testLimits() limit.Config {
 	l := limit.Defaults()
 	many := limit.Rule{Rate: 100_000, Burst: 100_000}
-	l.Send, l.Edit, l.React, l.Receipt, l.Typing, l.GroupCreate = many, many, many, many, many, many
+	l.Send, l.Edit, l.React, l.Receipt, l.Typing, l.GroupCreate, l.Membership = many, many, many, many, many, many, many
 	l.LoginIP, l.LoginAccountIP, l.LoginAccount, l.SignupIP, l.RefreshIP = many, many, many, many, many
 	return l
 }

@@ -156,7 +156,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	s.pres = presence.New(cfg.Presence, s.state, st, s.bus, log.With("component", "presence"))
 	undo = append(undo, s.pres.Close)
 
-	lim := limit.New(cfg.Limits, s.state, log.With("component", "limit"))
+	var softTimeout time.Duration
+	if cfg.RedisURL != "" {
+		softTimeout = 100 * time.Millisecond // a frame waits this long at most for Redis
+	}
+	lim := limit.New(cfg.Limits, s.state, softTimeout, log.With("component", "limit"))
 	a, err := api.New(cfg.API, st, s.chat, s.pres, s.state, lim, s.bus, key, log.With("component", "api"))
 	if err != nil {
 		return nil, err

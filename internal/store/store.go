@@ -84,12 +84,12 @@ type Devices interface {
 	// RotateRefresh replaces the device's refresh hash with newHash only if the current one is
 	// oldHash and the device is active; otherwise ErrNotFound. Exactly one of two concurrent
 	// rotations of the same old hash succeeds. oldHash is remembered as rotated out of the
-	// device until expiresTS (DeviceByRotatedRefresh); rows of the device expired at nowTS
-	// are dropped.
+	// device at nowTS until expiresTS (DeviceByRotatedRefresh); rows of the device expired at
+	// nowTS are dropped, and only the device's 16 most recent rotations are kept.
 	RotateRefresh(ctx context.Context, deviceID, oldHash, newHash string, expiresTS, nowTS int64) error
-	// DeviceByRotatedRefresh returns the device (revoked or not) that rotated hash out, while
-	// that is remembered; otherwise ErrNotFound.
-	DeviceByRotatedRefresh(ctx context.Context, hash string) (Device, error)
+	// DeviceByRotatedRefresh returns the device (revoked or not) that rotated hash out, and
+	// when, while that is remembered; otherwise ErrNotFound.
+	DeviceByRotatedRefresh(ctx context.Context, hash string) (d Device, rotatedTS int64, err error)
 	// DevicesOf returns userID's active devices, oldest first.
 	DevicesOf(ctx context.Context, userID string) ([]Device, error)
 	// RevokeDevice marks the device revoked at ts. Revoking twice is not an error;

@@ -378,8 +378,7 @@ func (s *State) Allow(ctx context.Context, key string, rate float64, burst int, 
 	b := s.buckets[key]
 	if b == nil {
 		if len(s.buckets) >= s.maxBuckets {
-			d := heap.Pop(&s.bucketsDue).(due)
-			delete(s.buckets, d.key)
+			s.evictBucket()
 		}
 		b = &bucket{tokens: float64(burst), ts: now}
 		ok, retryAfter = b.take(rate, burst, now)
@@ -389,6 +388,25 @@ func (s *State) Allow(ctx context.Context, key string, rate float64, burst int, 
 	}
 	ok, retryAfter = b.take(rate, burst, now)
 	return ok, retryAfter, nil
+}
+
+// evictBucket drops the bucket closest to being forgotten, to make room under maxBuckets.
+// Due entries are moved lazily, so the top one may be stale (its bucket was drawn on since,
+// and is due later): it is put right and the heap asked again, a few times at most. Without
+// that, a bucket drained after its first use (an account being guessed at) would look like
+// the first to go, and a flood of new keys would reset it.
+func (s *State) evictBucket() {
+	for range sweepPerCall {
+		d := &s.bucketsDue[0]
+		b := s.buckets[d.key]
+		if b == nil || b.fullAt+forgetAfter.Milliseconds() <= d.at {
+			break
+		}
+		d.at = b.fullAt + forgetAfter.Milliseconds()
+		heap.Fix(&s.bucketsDue, 0)
+	}
+	d := heap.Pop(&s.bucketsDue).(due)
+	delete(s.buckets, d.key)
 }
 
 // sweepBuckets forgets up to n buckets that have been full for forgetAfter. A due entry

@@ -356,26 +356,29 @@ func TestExpireCollects(t *testing.T) {
 }
 
 // TestBucketCountBounded: however many keys clients cause, the buckets held stay under the
-// cap; the one dropped to make room is the one closest to being forgotten.
+// cap, and the one dropped to make room is the one closest to being forgotten: not a bucket
+// drained after its first use (an account being guessed at), whose expiry entry still says
+// "soon" until it is put right.
 func TestBucketCountBounded(t *testing.T) {
 	s := memstate.New()
 	defer s.Close()
 	memstate.SetMaxBuckets(s, 100)
 	ctx := context.Background()
 	now := int64(1_000_000)
-	// A busy key drawn empty: it must survive the flood of strangers' keys.
-	for range 5 {
-		s.Allow(ctx, "busy", 0.001, 5, now)
+	// The victim's bucket: 60 attempts at once, refilling 0.5/s: full again in 2 minutes.
+	for range 60 {
+		s.Allow(ctx, "account:victim", 0.5, 60, now)
 	}
+	// A flood of strangers' keys, each used once: full again in 2 s.
 	for i := range 1000 {
-		if _, _, err := s.Allow(ctx, fmt.Sprintf("stranger:%d", i), 1000, 1, now+int64(i)); err != nil {
+		if _, _, err := s.Allow(ctx, fmt.Sprintf("stranger:%d", i), 0.5, 30, now+int64(i)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if b, _ := memstate.Sizes(s); b > 100 {
 		t.Fatalf("%d buckets held, cap 100", b)
 	}
-	if ok, _, _ := s.Allow(ctx, "busy", 0.001, 5, now+1000); ok {
-		t.Fatal("the drawn-empty bucket was dropped for strangers' keys (it allowed again)")
+	if ok, _, _ := s.Allow(ctx, "account:victim", 0.5, 60, now+1000); ok {
+		t.Fatal("the drained bucket was dropped for strangers' keys (it allowed again)")
 	}
 }

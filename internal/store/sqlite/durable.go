@@ -2,7 +2,6 @@ package sqlite
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -159,10 +158,9 @@ func (w *walSyncer) seen() error {
 func (w *walSyncer) durable(n uint64) store.Durable {
 	return func(context.Context) error {
 		if err := w.wait(n); err != nil {
-			if !errors.Is(err, store.ErrClosed) {
-				err = fmt.Errorf("%w: %w", store.ErrUnavailable, err) // a failed sync
-			}
-			return fmt.Errorf("sqlite: durable: %w", err)
+			// A sync that failed for want of space or on an I/O error is the store being
+			// unable to write (it stays so until a restart: see walSyncer.err).
+			return fmt.Errorf("sqlite: durable: %w", unavailable(err))
 		}
 		return nil
 	}

@@ -456,7 +456,7 @@ func (s *Store) write(ctx context.Context, fn func(tx *sql.Tx) error) error {
 		// not yet synced): it is as much an answer as a read's, and waits the same way.
 		return s.answered(err)
 	}
-	return s.sync.wait(n)
+	return unavailable(s.sync.wait(n))
 }
 
 // commit runs fn in a write transaction and commits it if fn returns nil. It returns once

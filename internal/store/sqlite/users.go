@@ -256,12 +256,12 @@ func (s *Store) RotateRefresh(ctx context.Context, deviceID, oldHash, newHash st
 		if n, err = res.RowsAffected(); err != nil || n == 0 {
 			return err
 		}
-		if _, err := s.wtx(tx).ExecContext(ctx, `DELETE FROM refresh_rotated WHERE device_id = ? AND expires_ts <= ?`,
-			deviceID, nowTS); err != nil {
+		if _, err := s.wtx(tx).ExecContext(ctx, `INSERT OR REPLACE INTO refresh_rotated (hash, device_id, rotated_ts, expires_ts)
+			VALUES (?, ?, ?, ?)`, oldHash, deviceID, nowTS, expiresTS); err != nil {
 			return err
 		}
-		_, err = s.wtx(tx).ExecContext(ctx, `INSERT OR REPLACE INTO refresh_rotated (hash, device_id, expires_ts) VALUES (?, ?, ?)`,
-			oldHash, deviceID, expiresTS)
+		_, err = s.wtx(tx).ExecContext(ctx, `DELETE FROM refresh_rotated WHERE device_id = ? AND (expires_ts <= ? OR hash NOT IN
+			(SELECT hash FROM refresh_rotated WHERE device_id = ? ORDER BY rotated_ts DESC LIMIT 16))`, deviceID, nowTS, deviceID)
 		return err
 	})
 	if err != nil {
@@ -274,18 +274,20 @@ func (s *Store) RotateRefresh(ctx context.Context, deviceID, oldHash, newHash st
 }
 
 // DeviceByRotatedRefresh implements store.Devices.
-func (s *Store) DeviceByRotatedRefresh(ctx context.Context, hash string) (_ store.Device, err error) {
+func (s *Store) DeviceByRotatedRefresh(ctx context.Context, hash string) (_ store.Device, rotatedTS int64, err error) {
 	const op = "device by rotated refresh"
 	if err := s.enterRead(op); err != nil {
-		return store.Device{}, err
+		return store.Device{}, 0, err
 	}
 	defer s.leaveRead(&err)
-	d, err := scanDevice(s.rq().QueryRowContext(ctx, `SELECT `+prefixed("d.", deviceCols)+`
-		FROM refresh_rotated r JOIN devices d ON d.id = r.device_id WHERE r.hash = ?`, hash))
+	var d store.Device
+	err = s.rq().QueryRowContext(ctx, `SELECT `+prefixed("d.", deviceCols)+`, r.rotated_ts
+		FROM refresh_rotated r JOIN devices d ON d.id = r.device_id WHERE r.hash = ?`, hash).Scan(
+		&d.ID, &d.UserID, &d.Name, &d.RefreshHash, &d.RefreshExpiresTS, &d.CreatedTS, &d.RevokedTS, &rotatedTS)
 	if errors.Is(err, sql.ErrNoRows) {
-		return store.Device{}, fmt.Errorf("sqlite: %s: %w", op, store.ErrNotFound)
+		return store.Device{}, 0, fmt.Errorf("sqlite: %s: %w", op, store.ErrNotFound)
 	}
-	return d, wrap(op, err)
+	return d, rotatedTS, wrap(op, err)
 }
 
 // DevicesOf implements store.Devices.

@@ -361,21 +361,35 @@ func testDevices(t *testing.T, s store.Store) {
 
 	// The rotated-out hash is remembered, for theft detection; current and unknown ones are
 	// not "rotated".
-	if got, err := s.DeviceByRotatedRefresh(ctx, "h1"); err != nil || got.ID != "d1" {
-		t.Fatalf("DeviceByRotatedRefresh(h1) = %+v, %v; want d1", got, err)
+	if got, at, err := s.DeviceByRotatedRefresh(ctx, "h1"); err != nil || got.ID != "d1" || at != ts0 {
+		t.Fatalf("DeviceByRotatedRefresh(h1) = %+v at %d, %v; want d1 at %d", got, at, err, ts0)
 	}
 	for _, h := range []string{"h2", "nope"} {
-		_, err := s.DeviceByRotatedRefresh(ctx, h)
+		_, _, err := s.DeviceByRotatedRefresh(ctx, h)
 		wantErr(t, "DeviceByRotatedRefresh("+h+")", err, store.ErrNotFound)
 	}
 	// Rotations drop what has expired by their nowTS: h1 was kept until ts0+200.
 	if err := s.RotateRefresh(ctx, "d1", "h2", "h2b", ts0+250, ts0+201); err != nil {
 		t.Fatalf("RotateRefresh(h2): %v", err)
 	}
-	_, err = s.DeviceByRotatedRefresh(ctx, "h1")
+	_, _, err = s.DeviceByRotatedRefresh(ctx, "h1")
 	wantErr(t, "DeviceByRotatedRefresh(h1 after its expiry)", err, store.ErrNotFound)
-	if got, err := s.DeviceByRotatedRefresh(ctx, "h2"); err != nil || got.ID != "d1" {
-		t.Fatalf("DeviceByRotatedRefresh(h2) = %+v, %v; want d1", got, err)
+	if got, at, err := s.DeviceByRotatedRefresh(ctx, "h2"); err != nil || got.ID != "d1" || at != ts0+201 {
+		t.Fatalf("DeviceByRotatedRefresh(h2) = %+v at %d, %v; want d1 at %d", got, at, err, ts0+201)
+	}
+	// Only the 16 most recent rotations of a device are remembered.
+	prev := "h2b"
+	for i := range 20 {
+		next := fmt.Sprintf("r%d", i)
+		if err := s.RotateRefresh(ctx, "d1", prev, next, ts0+10_000, ts0+300+int64(i)); err != nil {
+			t.Fatalf("rotation %d: %v", i, err)
+		}
+		prev = next
+	}
+	_, _, err = s.DeviceByRotatedRefresh(ctx, "r2") // the 17th most recent
+	wantErr(t, "DeviceByRotatedRefresh(beyond the 16 kept)", err, store.ErrNotFound)
+	if _, _, err := s.DeviceByRotatedRefresh(ctx, "r3"); err != nil {
+		t.Fatalf("DeviceByRotatedRefresh(r3, the 16th most recent): %v", err)
 	}
 
 	// DevicesOf lists active devices, oldest first.

@@ -76,13 +76,26 @@ function refresh(staleToken) {
   return refreshing;
 }
 
-async function doRefresh() {
-  // Another tab of the same user may have rotated the pair already; its tokens are ours too.
+// doRefresh runs under a lock shared by the browser's tabs (Web Locks), so that two tabs
+// never present the same refresh token: the second finds the pair the first stored. The
+// server also tolerates a reuse just after a rotation, but logs the device out for a later
+// one (it looks like a stolen token).
+function doRefresh() {
+  return navigator.locks ? navigator.locks.request('parley-refresh', refreshOnce) : refreshOnce();
+}
+
+// adoptStored takes the pair another tab of the same device stored, if it is newer.
+function adoptStored() {
   const stored = loadSession();
   if (stored && session && stored.device_id === session.device_id && stored.refresh_token !== session.refresh_token) {
     session = stored;
-    return;
+    return true;
   }
+  return false;
+}
+
+async function refreshOnce() {
+  if (adoptStored()) return; // another tab rotated the pair already; its tokens are ours too
   const lost = () => {
     clearSession();
     onAuthLost('Your session has ended. Please log in again.');
@@ -90,7 +103,10 @@ async function doRefresh() {
   };
   if (!session) throw lost();
   const res = await send('POST', '/auth/refresh', { refresh_token: session.refresh_token });
-  if (res.status === 401 || res.status === 400) throw lost();
+  if (res.status === 401 || res.status === 400) {
+    if (adoptStored()) return; // a tab without Web Locks rotated it meanwhile
+    throw lost();
+  }
   const tokens = await parse(res); // a network or server failure keeps the session for a retry
   setSession({ ...session, ...tokens });
 }
