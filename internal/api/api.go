@@ -333,7 +333,8 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) {
 	}
 	bad := chat.Errorf(protocol.CodeUnauthorized, "wrong username or password")
 	username := auth.NormalizeUsername(req.Username)
-	if err := a.loginAllowed(r, username); err != nil {
+	known := a.knownAddress(r, username)
+	if err := a.loginAllowed(r, username, known); err != nil {
 		a.writeError(w, r, err)
 		return
 	}
@@ -378,6 +379,12 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) {
 		ID: newID(), UserID: u.ID, Name: name, RefreshHash: refreshHash,
 		RefreshExpiresTS: now.Add(a.cfg.RefreshTTL).UnixMilli(), CreatedTS: now.UnixMilli(),
 	}
+	if !known {
+		err := a.soft.PutToken(r.Context(), a.knownAddressKey(r, username), "1", a.now().UnixMilli(), knownAddressTTL)
+		if err != nil && !errors.Is(err, state.ErrExists) {
+			a.log.Warn("remember login address", "request_id", requestID(r.Context()), "err", err)
+		}
+	}
 	if err := a.makeRoomForDevice(r, u.ID); err != nil {
 		a.writeError(w, r, err)
 		return
@@ -393,9 +400,10 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) {
 // limit does not also draw on the account's: per client address (password spraying over many
 // accounts), per account from that address, and per account from anywhere (a distributed
 // guess). None locks an account: each bucket refills, and the account-wide one is large
-// enough that one address alone cannot empty it, so the owner logging in from elsewhere gets
-// in once its Retry-After has passed.
-func (a *API) loginAllowed(r *http.Request, username string) error {
+// enough that one address alone cannot empty it. An address the account logged in from
+// before (known) skips the account-wide bucket: a guess from many addresses that keeps it
+// empty does not keep the owner out where the owner has been.
+func (a *API) loginAllowed(r *http.Request, username string, known bool) error {
 	cfg, ip, ctx := a.lim.Config(), a.lim.ClientIP(r), r.Context()
 	if err := a.lim.Key(ctx, "login attempts from this address", cfg.LoginIP, ip); err != nil {
 		return err
@@ -403,7 +411,25 @@ func (a *API) loginAllowed(r *http.Request, username string) error {
 	if err := a.lim.Key(ctx, "login attempts for this account from this address", cfg.LoginAccountIP, username+"\x00"+ip); err != nil {
 		return err
 	}
+	if known {
+		return nil
+	}
 	return a.lim.Key(ctx, "login attempts for this account", cfg.LoginAccount, username)
+}
+
+// knownAddressTTL is how long a successful login marks its address as the account's.
+const knownAddressTTL = 30 * 24 * time.Hour
+
+// knownAddressKey is where soft state marks that username logged in from r's address.
+func (a *API) knownAddressKey(r *http.Request, username string) string {
+	return "known:" + limit.HashKey(username+"\x00"+a.lim.ClientIP(r))
+}
+
+// knownAddress reports whether username logged in successfully from r's address within
+// knownAddressTTL (false if soft state cannot say).
+func (a *API) knownAddress(r *http.Request, username string) bool {
+	_, ok, err := a.soft.PeekToken(r.Context(), a.knownAddressKey(r, username), a.now().UnixMilli())
+	return err == nil && ok
 }
 
 // makeRoomForDevice logs out the longest idle devices of userID (the ones refreshed longest

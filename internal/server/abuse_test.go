@@ -344,6 +344,23 @@ func TestLoginLimits(t *testing.T) {
 	if status, _, e := ts.post(fromAddr("127.0.0.3"), "/api/v1/auth/login", loginBody("user0", "correct horse"), nil); status != 200 {
 		t.Fatalf("owner from another address: %d %+v, want 200", status, e)
 	}
+	// A guess from many addresses empties the account-wide bucket: the owner still gets in
+	// from an address it logged in from before, not from a new one (that waits it out).
+	if status, _, _ := ts.post(fromAddr("127.0.0.5"), "/api/v1/auth/login", loginBody("user5", "correct horse"), nil); status != 200 {
+		t.Fatalf("owner's first login: %d", status)
+	}
+	for a := range 10 {
+		guesser := fromAddr(fmt.Sprintf("127.0.1.%d", 10+a))
+		for range 10 {
+			ts.post(guesser, "/api/v1/auth/login", loginBody("user5", "wrong password"), nil)
+		}
+	}
+	if status, _, e := ts.post(fromAddr("127.0.0.6"), "/api/v1/auth/login", loginBody("user5", "correct horse"), nil); status != 429 {
+		t.Fatalf("owner from a new address during a distributed guess: %d %+v, want 429", status, e)
+	}
+	if status, _, e := ts.post(fromAddr("127.0.0.5"), "/api/v1/auth/login", loginBody("user5", "correct horse"), nil); status != 200 {
+		t.Fatalf("owner from a known address during a distributed guess: %d %+v, want 200", status, e)
+	}
 	// Spraying: one password over many accounts from one address.
 	sprayer := fromAddr("127.0.0.4")
 	limited := 0

@@ -63,7 +63,8 @@ type Limits interface {
 	Allow(ctx context.Context, key string, rate float64, burst int, now int64) (ok bool, retryAfter time.Duration, err error)
 }
 
-// Tokens are one-time values with an expiry (WebSocket tickets).
+// Tokens are values with an expiry: one-time WebSocket tickets (taken), and marks that are
+// only looked at (an address a user logged in from).
 type Tokens interface {
 	// PutToken stores value under key until now+ttl. ErrExists if key is already stored
 	// and not expired.
@@ -71,6 +72,8 @@ type Tokens interface {
 	// TakeToken returns the value under key and deletes it, atomically: of concurrent
 	// takes of one key exactly one gets ok=true. An expired key is not found.
 	TakeToken(ctx context.Context, key string, now int64) (value string, ok bool, err error)
+	// PeekToken returns the value under key, leaving it stored. An expired key is not found.
+	PeekToken(ctx context.Context, key string, now int64) (value string, ok bool, err error)
 }
 
 // ErrExists is returned by PutToken for a key already stored.

@@ -486,6 +486,23 @@ func (s *State) TakeToken(ctx context.Context, key string, now int64) (value str
 	return t.value, true, nil
 }
 
+// PeekToken implements state.Tokens.
+func (s *State) PeekToken(ctx context.Context, key string, now int64) (value string, ok bool, err error) {
+	if err := ctx.Err(); err != nil {
+		return "", false, fmt.Errorf("memstate: peek token: %w", err)
+	}
+	s.tmu.Lock()
+	defer s.tmu.Unlock()
+	if s.closed.Load() {
+		return "", false, errClosed
+	}
+	t, found := s.tokens[key]
+	if !found || t.expiresAt <= now {
+		return "", false, nil
+	}
+	return t.value, true, nil
+}
+
 // sweepTokens deletes up to sweepPerCall expired tokens. Entries are pushed on every put, so
 // a key taken and put again has a stale entry, recognised by the stored token not being
 // expired.

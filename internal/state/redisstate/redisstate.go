@@ -459,6 +459,21 @@ func (s *State) TakeToken(ctx context.Context, key string, now int64) (value str
 	return v, true, nil
 }
 
+// PeekToken implements state.Tokens with GET. Expiry is Redis's; now is not used.
+func (s *State) PeekToken(ctx context.Context, key string, now int64) (value string, ok bool, err error) {
+	if err := s.checkOpen("peek token"); err != nil {
+		return "", false, err
+	}
+	v, err := s.rdb.Get(ctx, s.tokPrefix+key).Result()
+	if errors.Is(err, redis.Nil) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, s.fail("peek token", err)
+	}
+	return v, true, nil
+}
+
 // ---- helpers ----
 
 // ttlMillis converts a positive TTL to milliseconds, rounding up so that a sub-millisecond

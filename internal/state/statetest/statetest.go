@@ -62,6 +62,7 @@ func Run(t *testing.T, open func(t *testing.T) state.State) {
 		{"TokenPutExisting", testTokenExists},
 		{"TokenConcurrentTakeOneWinner", testTokenConcurrentTake},
 		{"TokenExpires", testTokenExpires},
+		{"TokenPeek", testTokenPeek},
 		{"CloseThenErrClosed", testClose},
 	}
 	for _, tc := range tests {
@@ -673,6 +674,28 @@ func testTokenExpires(t *testing.T, s state.State) {
 	take(t, s, long, nowMillis(), "kept", true)
 }
 
+// testTokenPeek: PeekToken finds a stored value without taking it, and not a taken, an
+// expired or a never-stored one.
+func testTokenPeek(t *testing.T, s state.State) {
+	peek := func(key string, wantValue string, wantOK bool) {
+		t.Helper()
+		v, ok, err := s.PeekToken(ctx(t), key, nowMillis())
+		if err != nil || v != wantValue || ok != wantOK {
+			t.Errorf("PeekToken(%s) = %q, %v, %v; want %q, %v", key, v, ok, err, wantValue, wantOK)
+		}
+	}
+	k, short := id("mark"), id("short")
+	put(t, s, k, "v", nowMillis(), time.Minute)
+	peek(k, "v", true)
+	peek(k, "v", true) // still there
+	take(t, s, k, nowMillis(), "v", true)
+	peek(k, "", false)
+	peek(id("never"), "", false)
+	put(t, s, short, "gone", nowMillis(), 100*time.Millisecond)
+	time.Sleep(300 * time.Millisecond)
+	peek(short, "", false)
+}
+
 // ---- Close ----
 
 // testClose: "ErrClosed is returned by calls after Close" — by every method.
@@ -696,4 +719,6 @@ func testClose(t *testing.T, s state.State) {
 	wantClosed(t, "PutToken", s.PutToken(c, "k", "v", now, time.Minute))
 	_, _, err = s.TakeToken(c, "k", now)
 	wantClosed(t, "TakeToken", err)
+	_, _, err = s.PeekToken(c, "k", now)
+	wantClosed(t, "PeekToken", err)
 }
