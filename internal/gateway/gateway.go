@@ -206,6 +206,14 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusForbidden, protocol.CodeForbidden, "WebSocket connections from origin "+chat.Clip(r.Header.Get("Origin"))+" are not allowed")
 		return
 	}
+	// The address is judged before the credentials, so that a handshake refused for it does
+	// not use up a one-time ticket.
+	ip := g.lim.ClientIP(r)
+	if err := g.admit("", ip); err != nil {
+		w.Header().Set("Retry-After", "10")
+		httpError(w, http.StatusTooManyRequests, protocol.CodeRateLimited, err.Error())
+		return
+	}
 	userID, deviceID, err := g.auth.AuthenticateWS(r)
 	if err != nil {
 		code, msg := chat.Code(err)
@@ -223,8 +231,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		httpError(w, status, code, msg)
 		return
 	}
-	ip := g.lim.ClientIP(r)
-	if err := g.admit(userID, ip); err != nil {
+	if err := g.admit(userID, ""); err != nil {
 		w.Header().Set("Retry-After", "10")
 		httpError(w, http.StatusTooManyRequests, protocol.CodeRateLimited, err.Error())
 		return
@@ -319,16 +326,17 @@ func (g *Gateway) register(c *Conn) error {
 	return nil
 }
 
-// admit refuses a connection past ConnsPerUser or ConnsPerIP on this node. (Two handshakes
-// at once may both pass: the bound is loose by the handshakes in flight, not unbounded.)
+// admit refuses a connection past ConnsPerUser (for userID, if not empty) or ConnsPerIP (for
+// ip, if not empty) on this node. (Two handshakes at once may both pass: the bound is loose
+// by the handshakes in flight, not unbounded.)
 func (g *Gateway) admit(userID, ip string) error {
 	cfg := g.lim.Config()
 	g.mu.RLock()
 	defer g.mu.RUnlock()
-	if u := g.users[userID]; u != nil && len(u.conns) >= cfg.ConnsPerUser {
+	if u := g.users[userID]; userID != "" && u != nil && len(u.conns) >= cfg.ConnsPerUser {
 		return fmt.Errorf("too many connections for this user (%d); close one", cfg.ConnsPerUser)
 	}
-	if int(g.ips[ip]) >= cfg.ConnsPerIP {
+	if ip != "" && int(g.ips[ip]) >= cfg.ConnsPerIP {
 		return fmt.Errorf("too many connections from this address (%d)", cfg.ConnsPerIP)
 	}
 	return nil

@@ -2,12 +2,15 @@ package server
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
+	neturl "net/url"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -16,6 +19,7 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/google/uuid"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/parley-chat/parley/internal/limit"
 	"github.com/parley-chat/parley/protocol"
@@ -98,9 +102,23 @@ func TestStrangerMemoryBounded(t *testing.T) {
 // connections they come on; what is over the limit is answered rate_limited with
 // retry_after_ms, and what was acked is stored.
 func TestUserSendLimit(t *testing.T) {
+	for _, soft := range []string{"memory", "redis"} {
+		t.Run(soft, func(t *testing.T) {
+			testUserSendLimit(t, soft == "redis")
+		})
+	}
+}
+
+// testUserSendLimit is TestUserSendLimit with soft state in memory or, with redis, in the
+// Redis of the scale-out tests (PARLEY_TEST_REDIS_URL), where the buckets are shared by
+// every node.
+func testUserSendLimit(t *testing.T, redis bool) {
 	ts := startServer(t, func(c *Config) {
 		defaultLimits(c)
 		c.Limits.Send = limit.Rule{Rate: 10, Burst: 50}
+		if redis {
+			c.RedisURL, c.RedisPrefix = testRedis(t)
+		}
 	})
 	alice, bob := ts.signup("alice"), ts.signup("bob")
 	g := ts.group(alice, "flood", bob)
@@ -145,6 +163,44 @@ func TestUserSendLimit(t *testing.T) {
 	if stored != acked {
 		t.Fatalf("history holds %d messages, %d were acked", stored, acked)
 	}
+}
+
+// testRedis returns the Redis of the scale-out tests and a key prefix of this test's own;
+// it skips (fails, with PARLEY_TEST_REQUIRE_SERVICES=1) if none answers.
+func testRedis(t *testing.T) (url, prefix string) {
+	t.Helper()
+	url = os.Getenv("PARLEY_TEST_REDIS_URL")
+	if url == "" {
+		url = "redis://127.0.0.1:6379/0"
+	}
+	u, err := neturl.Parse(url)
+	if err != nil {
+		t.Fatalf("PARLEY_TEST_REDIS_URL: %v", err)
+	}
+	conn, err := net.DialTimeout("tcp", u.Host, 2*time.Second)
+	if err != nil {
+		if os.Getenv("PARLEY_TEST_REQUIRE_SERVICES") == "1" {
+			t.Fatalf("Redis at %s unreachable and PARLEY_TEST_REQUIRE_SERVICES=1: %v", u.Host, err)
+		}
+		t.Skipf("skipping: no Redis at %s (set PARLEY_TEST_REDIS_URL): %v", u.Host, err)
+	}
+	conn.Close()
+	prefix = "parleytest:" + uuid.NewString()[:8] + ":"
+	t.Cleanup(func() { // after the server's own cleanup (registered later, run first)
+		opt, err := redis.ParseURL(url)
+		if err != nil {
+			return
+		}
+		c := redis.NewClient(opt)
+		defer c.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		iter := c.Scan(ctx, 0, prefix+"*", 1000).Iterator()
+		for iter.Next(ctx) {
+			c.Del(ctx, iter.Val())
+		}
+	})
+	return url, prefix
 }
 
 // readUntilClose reads frames until the close frame and returns them and its code.

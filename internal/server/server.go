@@ -42,6 +42,9 @@ type Config struct {
 
 	NATSURL  string // external NATS; empty runs NATS in-process
 	RedisURL string // Redis for soft state (presence, limits, tickets); empty keeps it in memory
+	// RedisPrefix starts every key Parley writes in Redis (default "parley:"), so that
+	// deployments or test runs can share one Redis.
+	RedisPrefix string
 
 	Chat    chat.Config
 	Gateway gateway.Config
@@ -130,7 +133,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	undo = append(undo, func() { _ = s.bus.Close() })
 
 	if cfg.RedisURL != "" {
-		s.state, err = redisstate.New(ctx, cfg.RedisURL, "parley:")
+		prefix := cfg.RedisPrefix
+		if prefix == "" {
+			prefix = "parley:"
+		}
+		s.state, err = redisstate.New(ctx, cfg.RedisURL, prefix)
 		if err != nil {
 			return nil, fmt.Errorf("connect soft state: %w", err)
 		}
