@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/parley-chat/parley/internal/store/storetest"
 )
 
 // testDB creates a database of this test's own on the PostgreSQL of the scale-out tests
@@ -146,3 +148,16 @@ func TestMigrationErrors(t *testing.T) {
 }
 
 func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// TestAccountsConformance runs the accounts part of the store suite, the part this store has
+// so far, each case on a database of its own.
+func TestAccountsConformance(t *testing.T) {
+	storetest.RunAccounts(t, func(t *testing.T) storetest.Accounts {
+		db, err := Open(t.Context(), testDB(t), Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(db.Close)
+		return db
+	})
+}

@@ -25,18 +25,11 @@ import (
 // release with t.Cleanup; the cleanup may find the store already closed (the Close subtest
 // closes it) and should ignore Close's error then.
 func Run(t *testing.T, open func(t *testing.T) store.Store) {
+	RunAccounts(t, func(t *testing.T) Accounts { return open(t) })
 	tests := []struct {
 		name string
 		fn   func(t *testing.T, s store.Store)
 	}{
-		{"Users/CreateAndGet", testUsersCreateAndGet},
-		{"Users/UsernameConflict", testUsersConflict},
-		{"Users/UsersByID", testUsersByID},
-		{"Users/SetDisplayName", testSetDisplayName},
-		{"Users/SearchPrefix", testSearchUsers},
-		{"Devices/Lifecycle", testDevices},
-		{"Devices/ConcurrentRotation", testConcurrentRotation},
-		{"Contacts", testContacts},
 		{"Direct/Idempotent", testDirectIdempotent},
 		{"Direct/Concurrent", testDirectConcurrent},
 		{"Group/Create", testCreateGroup},
@@ -72,12 +65,45 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	}
 }
 
+// Accounts is the part of a store that RunAccounts checks: users, their devices and refresh
+// tokens, and contact lists. A store under construction (the PostgreSQL one) runs it before
+// it has conversations.
+type Accounts interface {
+	store.Users
+	store.Devices
+	PutContact(ctx context.Context, userID, contactID string, ts int64) error
+	DeleteContact(ctx context.Context, userID, contactID string) error
+	ContactsOf(ctx context.Context, userID string) ([]protocol.User, error)
+}
+
+// RunAccounts runs the part of the suite about Accounts (Run includes it).
+func RunAccounts(t *testing.T, open func(t *testing.T) Accounts) {
+	tests := []struct {
+		name string
+		fn   func(t *testing.T, s Accounts)
+	}{
+		{"Users/CreateAndGet", testUsersCreateAndGet},
+		{"Users/UsernameConflict", testUsersConflict},
+		{"Users/UsersByID", testUsersByID},
+		{"Users/SetDisplayName", testSetDisplayName},
+		{"Users/SearchPrefix", testSearchUsers},
+		{"Devices/Lifecycle", testDevices},
+		{"Devices/ConcurrentRotation", testConcurrentRotation},
+		{"Contacts", testContacts},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.fn(t, open(t))
+		})
+	}
+}
+
 // Fixtures and helpers.
 
 // ts0 is the suite's epoch: every ts is ts0 plus a small constant.
 const ts0 = int64(1_700_000_000_000)
 
-func mkUser(t *testing.T, s store.Store, id, username string) protocol.User {
+func mkUser(t *testing.T, s store.Users, id, username string) protocol.User {
 	t.Helper()
 	u := protocol.User{ID: id, Username: username, DisplayName: "User " + username, CreatedTS: ts0}
 	if err := s.CreateUser(t.Context(), u, "hash-"+id); err != nil {
@@ -87,7 +113,7 @@ func mkUser(t *testing.T, s store.Store, id, username string) protocol.User {
 }
 
 // mkUsers creates users whose ID and username are the given names.
-func mkUsers(t *testing.T, s store.Store, names ...string) {
+func mkUsers(t *testing.T, s store.Users, names ...string) {
 	t.Helper()
 	for _, n := range names {
 		mkUser(t, s, n, n)
@@ -230,7 +256,7 @@ func convIDs(cs []protocol.Conversation) []string {
 
 // Users.
 
-func testUsersCreateAndGet(t *testing.T, s store.Store) {
+func testUsersCreateAndGet(t *testing.T, s Accounts) {
 	ctx := t.Context()
 	u := mkUser(t, s, "u1", "alice")
 	got, hash, err := s.UserByUsername(ctx, "alice")
@@ -249,7 +275,7 @@ func testUsersCreateAndGet(t *testing.T, s store.Store) {
 	wantErr(t, "UserByUsername(Alice)", err, store.ErrNotFound)
 }
 
-func testUsersConflict(t *testing.T, s store.Store) {
+func testUsersConflict(t *testing.T, s Accounts) {
 	mkUser(t, s, "u1", "alice")
 	err := s.CreateUser(t.Context(), protocol.User{ID: "u2", Username: "alice", CreatedTS: ts0}, "h")
 	wantErr(t, "CreateUser(duplicate username)", err, store.ErrConflict)
@@ -258,7 +284,7 @@ func testUsersConflict(t *testing.T, s store.Store) {
 	}
 }
 
-func testUsersByID(t *testing.T, s store.Store) {
+func testUsersByID(t *testing.T, s Accounts) {
 	mkUsers(t, s, "a", "b", "c")
 	got, err := s.UsersByID(t.Context(), []string{"c", "missing", "a"})
 	if err != nil {
@@ -278,7 +304,7 @@ func testUsersByID(t *testing.T, s store.Store) {
 	}
 }
 
-func testSetDisplayName(t *testing.T, s store.Store) {
+func testSetDisplayName(t *testing.T, s Accounts) {
 	ctx := t.Context()
 	u := mkUser(t, s, "u1", "alice")
 	got, err := s.SetDisplayName(ctx, "u1", "Alice A.")
@@ -293,7 +319,7 @@ func testSetDisplayName(t *testing.T, s store.Store) {
 	wantErr(t, "SetDisplayName(missing)", err, store.ErrNotFound)
 }
 
-func testSearchUsers(t *testing.T, s store.Store) {
+func testSearchUsers(t *testing.T, s Accounts) {
 	for i, name := range []string{"bob", "alice", "Alan", "al", "alfred", "albert", "ålå", "b"} {
 		mkUser(t, s, fmt.Sprintf("u%d", i), name)
 	}
@@ -329,7 +355,7 @@ func testSearchUsers(t *testing.T, s store.Store) {
 
 // Devices.
 
-func testDevices(t *testing.T, s store.Store) {
+func testDevices(t *testing.T, s Accounts) {
 	ctx := t.Context()
 	mkUser(t, s, "u1", "alice")
 	d := store.Device{ID: "d1", UserID: "u1", Name: "laptop", RefreshHash: "h1", RefreshExpiresTS: ts0 + 100, CreatedTS: ts0}
@@ -424,7 +450,7 @@ func testDevices(t *testing.T, s store.Store) {
 	}
 }
 
-func testConcurrentRotation(t *testing.T, s store.Store) {
+func testConcurrentRotation(t *testing.T, s Accounts) {
 	ctx := t.Context()
 	mkUser(t, s, "u1", "alice")
 	if err := s.CreateDevice(ctx, store.Device{ID: "d1", UserID: "u1", RefreshHash: "old", CreatedTS: ts0}); err != nil {
@@ -461,7 +487,7 @@ func testConcurrentRotation(t *testing.T, s store.Store) {
 
 // Contacts.
 
-func testContacts(t *testing.T, s store.Store) {
+func testContacts(t *testing.T, s Accounts) {
 	ctx := t.Context()
 	mkUser(t, s, "u1", "alice")
 	mkUser(t, s, "u2", "carol")
