@@ -83,6 +83,14 @@ func (s *Store) AppendCommitted(ctx context.Context, reqs []store.AppendRequest)
 			heads:   make(map[string]*head),
 		}
 		b.bind()
+		// Another Store on this file (another process) may have written since the hot
+		// cache was filled; this transaction holds the write lock, so what it reads now
+		// stays true until it commits.
+		var dv int64
+		if err := s.wtx(tx).QueryRowContext(ctx, `PRAGMA data_version`).Scan(&dv); err != nil {
+			return err
+		}
+		s.hot.validate(dv)
 		for i := range reqs {
 			if err := ctx.Err(); err != nil {
 				return err

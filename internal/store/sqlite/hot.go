@@ -10,10 +10,27 @@ import "sync"
 // without writing), and a conversation is forgotten whenever anything else writes its head
 // or its members (ChangeMembership). Memberships are cached positive only: one that did not
 // exist is read again, since it may have been created since.
+//
+// Other Stores open on the same file (other processes) write behind its back: validate,
+// given the writer connection's PRAGMA data_version inside the transaction about to use the
+// cache, drops everything when that has moved, which it does exactly when another
+// connection committed.
 type hotCache struct {
 	mu      sync.Mutex
 	heads   map[string]head
 	members map[string]map[string]struct{} // conversation → users
+	dv      int64                          // the writer's data_version the cache is current for
+}
+
+// validate forgets everything if dv is not the data_version the cache was current for.
+func (c *hotCache) validate(dv int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if dv != c.dv {
+		clear(c.heads)
+		clear(c.members)
+		c.dv = dv
+	}
 }
 
 // maxHot bounds the conversations remembered; past it the cache starts over.

@@ -302,3 +302,20 @@ func TestMigrateCompactKeys(t *testing.T) {
 		t.Fatalf("conversation numbers %v, want [1 2 3]", nums)
 	}
 }
+
+// TestSharedConformance: two Stores on one file, as two processes would have them.
+func TestSharedConformance(t *testing.T) {
+	storetest.RunShared(t, func(t *testing.T) (store.Store, store.Store) {
+		path := filepath.Join(t.TempDir(), "parley.db")
+		var ss [2]store.Store
+		for i := range ss {
+			s, err := Open(t.Context(), path, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = s.Close() })
+			ss[i] = s
+		}
+		return ss[0], ss[1]
+	})
+}
