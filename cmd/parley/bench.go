@@ -24,6 +24,8 @@ scenarios:
   reconnect  C clients drop at once and reconnect; time until all have caught up
   soak       rate for a long time (30m), sampling the server's memory, goroutines, open
              files and data files every 30s, and failing if any grows beyond the data
+  paging     what a page costs as an account and a log grow: a user in 100,000
+             conversations, a conversation of 1,000,000 events; list, sync and history pages
 
 (idle-worker and reconnect-worker are the processes that idle and reconnect start to hold
 their connections; not run by hand.)
@@ -119,6 +121,15 @@ func bench(ctx context.Context, args []string) error {
 			res, err := loadgen.Group(ctx, loadgen.GroupConfig{URL: url, Groups: *groups, Members: *members, Senders: *senders,
 				InFlight: *inflight, Duration: *duration, Warmup: *warmup, SourceIPs: bf.sourceIPs(), ServerPID: pid})
 			return res, checked(err, res.Lost, res.Duplicates, res.Unanswered)
+		}
+	case "paging":
+		convs := fs.Int("conversations", 100_000, "memberships of the large account")
+		small := fs.Int("small", 100, "memberships of the small account")
+		messages := fs.Int("messages", 1_000_000, "events in the long conversation")
+		reps := fs.Int("reps", 30, "timings of each read")
+		run = func(url string, pid int) (fmt.Stringer, error) {
+			return loadgen.Paging(ctx, loadgen.PagingConfig{URL: url, Conversations: *convs, Small: *small,
+				Messages: *messages, Reps: *reps})
 		}
 	case "idle":
 		conns := fs.Int("conns", 5000, "connections to hold")

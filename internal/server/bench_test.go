@@ -37,6 +37,9 @@ func TestBenchSmoke(t *testing.T) {
 		{"soak", []string{"soak", "--duration", "6s", "--every", "500ms", "--settle", "1s", "--pairs", "4", "--rate", "400", "--kill"},
 			[]string{"goroutines", "parley.db-wal", "everything that should be flat is flat", "killed with SIGKILL",
 				"the last acked message of each of 4 conversations: all stored"}},
+		// Every read timed, at a size where each list and history read has full pages.
+		{"paging", []string{"paging", "--conversations", "120", "--small", "60", "--messages", "300", "--reps", "3"},
+			[]string{"conversations, page 3 (120)", "sync, no token (120)", "history, oldest page"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out, err := exec.Command(bin, append([]string{"bench"}, tc.args...)...).CombinedOutput()
@@ -50,7 +53,7 @@ func TestBenchSmoke(t *testing.T) {
 				}
 			}
 			// How the machine's CPU was spent in the measured window (read from /proc).
-			if runtime.GOOS == "linux" && tc.name != "idle" && !strings.Contains(string(out), "\n  machine ") {
+			if runtime.GOOS == "linux" && tc.name != "idle" && tc.name != "paging" && !strings.Contains(string(out), "\n  machine ") {
 				t.Fatal("no machine line")
 			}
 		})
