@@ -156,11 +156,45 @@ func (c *Client) Messages(ctx context.Context, conversationID string, before, af
 }
 
 // Sync returns the caller's conversations that changed since the token (all of them for "")
-// and the token to pass next time.
+// and the token to pass next time: every page the server has, merged (a conversation that
+// changed again while the pages were read is kept once, as last seen).
 func (c *Client) Sync(ctx context.Context, since string) (protocol.SyncBody, error) {
-	var q url.Values
+	var all protocol.SyncBody
+	at := map[string]int{}
+	for {
+		page, err := c.SyncPage(ctx, since, 0)
+		if err != nil {
+			return protocol.SyncBody{}, err
+		}
+		for _, cv := range page.Conversations {
+			if i, ok := at[cv.ID]; ok {
+				all.Conversations[i] = cv
+				continue
+			}
+			at[cv.ID] = len(all.Conversations)
+			all.Conversations = append(all.Conversations, cv)
+		}
+		all.RemovedConversationIDs = append(all.RemovedConversationIDs, page.RemovedConversationIDs...)
+		all.NextSince = page.NextSince
+		if !page.HasMore {
+			if all.Conversations == nil {
+				all.Conversations = []protocol.Conversation{}
+			}
+			return all, nil
+		}
+		since = page.NextSince
+	}
+}
+
+// SyncPage is one page of Sync: at most limit conversations (0: the server's default, 500),
+// with HasMore set when more remain.
+func (c *Client) SyncPage(ctx context.Context, since string, limit int) (protocol.SyncBody, error) {
+	q := url.Values{}
 	if since != "" {
-		q = url.Values{"since": {since}}
+		q.Set("since", since)
+	}
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
 	}
 	var out protocol.SyncBody
 	_, err := c.do(ctx, http.MethodGet, "/sync", q, nil, &out, true)

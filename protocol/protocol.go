@@ -198,6 +198,9 @@ type (
 		// left or was removed from since the token; absent on a first sync.
 		RemovedConversationIDs []string `json:"removed_conversation_ids,omitempty"`
 		NextSince              string   `json:"next_since"`
+		// HasMore says that more changed conversations remain than this page held: call
+		// again at once with NextSince.
+		HasMore bool `json:"has_more"`
 	}
 	Presence struct {
 		UserID     string `json:"user_id"`

@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -819,23 +818,26 @@ func (a *API) messages(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) sync(w http.ResponseWriter, r *http.Request) {
-	var since int64
-	if s := r.URL.Query().Get("since"); s != "" {
-		v, err := strconv.ParseInt(s, 10, 64)
-		if err != nil || v < 0 {
-			a.writeError(w, r, chat.Errorf(protocol.CodeBadRequest, "since must be a next_since token from an earlier sync, got %q", s))
-			return
-		}
-		since = v
+	since := r.URL.Query().Get("since")
+	limit, err := queryInt(r, "limit", 500)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if limit == 0 {
+		limit = 500
 	}
 	userID := callerOf(r).userID
-	cs, next, err := a.st.Sync(r.Context(), userID, since)
+	cs, next, more, err := a.st.Sync(r.Context(), userID, since, int(min(limit, 1000)))
+	if errors.Is(err, store.ErrBadCursor) {
+		err = chat.Errorf(protocol.CodeBadRequest, "since must be a next_since token from an earlier sync, got %q", chat.Clip(since))
+	}
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
 	var removed []string
-	if since > 0 { // a first sync has nothing stale to remove
+	if since != "" { // a first sync has nothing stale to remove
 		// After Sync: it then covers every departure up to next (see store.Departed).
 		if removed, err = a.st.Departed(r.Context(), userID, since); err != nil {
 			a.writeError(w, r, err)
@@ -843,7 +845,7 @@ func (a *API) sync(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeJSON(w, http.StatusOK, protocol.SyncBody{Conversations: nonNil(cs), RemovedConversationIDs: removed,
-		NextSince: strconv.FormatInt(next, 10)})
+		NextSince: next, HasMore: more})
 }
 
 func (a *API) ticket(w http.ResponseWriter, r *http.Request) {

@@ -131,8 +131,8 @@ func Paging(ctx context.Context, cfg PagingConfig) (PagingResult, error) {
 		{fmt.Sprintf("conversations, first page (%d)", cfg.Conversations), listPage(ctx, large, "")},
 		{fmt.Sprintf("conversations, page %d (%d)", nSmall, cfg.Small), listPage(ctx, small, deepSmall)},
 		{fmt.Sprintf("conversations, page %d (%d)", nLarge, cfg.Conversations), listPage(ctx, large, deepLarge)},
-		{fmt.Sprintf("sync, no token (%d)", cfg.Small), syncAll(ctx, small)},
-		{fmt.Sprintf("sync, no token (%d)", cfg.Conversations), syncAll(ctx, large)},
+		{fmt.Sprintf("sync, first page, no token (%d)", cfg.Small), syncPage(ctx, small)},
+		{fmt.Sprintf("sync, first page, no token (%d)", cfg.Conversations), syncPage(ctx, large)},
 		{"history, newest page", historyPage(ctx, large, long.ID, 0)},
 		{"history, middle page", historyPage(ctx, large, long.ID, last/2)},
 		{"history, oldest page", historyPage(ctx, large, long.ID, 51)},
@@ -167,9 +167,9 @@ func listPage(ctx context.Context, c *client.Client, cursor string) func() (any,
 	}
 }
 
-func syncAll(ctx context.Context, c *client.Client) func() (any, int, error) {
+func syncPage(ctx context.Context, c *client.Client) func() (any, int, error) {
 	return func() (any, int, error) {
-		s, err := c.Sync(ctx, "")
+		s, err := c.SyncPage(ctx, "", 0)
 		return s, len(s.Conversations), err
 	}
 }

@@ -3,6 +3,7 @@ package server
 import (
 	"fmt"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -271,5 +272,46 @@ func TestGroups(t *testing.T) {
 	}
 	if status := ts.call("GET", "/api/v1/conversations?limit=abc", owner.AccessToken, nil, nil); status != http.StatusBadRequest {
 		t.Fatalf("bad limit: %d", status)
+	}
+}
+
+// TestSyncPages: /sync answers at most limit conversations, says has_more until the last
+// page, and the pages together hold every conversation once.
+func TestSyncPages(t *testing.T) {
+	ts := startServer(t, nil)
+	alice, bob := ts.signup("alice"), ts.signup("bob")
+	want := map[string]bool{}
+	for i := range 5 {
+		want[ts.group(alice, fmt.Sprint("g", i), bob).ID] = true
+	}
+	got := map[string]bool{}
+	since, pages := "", 0
+	for {
+		var body protocol.SyncBody
+		path := "/api/v1/sync?limit=2"
+		if since != "" {
+			path += "&since=" + url.QueryEscape(since)
+		}
+		if code := ts.call("GET", path, alice.AccessToken, nil, &body); code != 200 {
+			t.Fatalf("sync page %d: %d", pages, code)
+		}
+		pages++
+		if len(body.Conversations) > 2 {
+			t.Fatalf("page %d holds %d conversations, limit 2", pages, len(body.Conversations))
+		}
+		for _, c := range body.Conversations {
+			got[c.ID] = true
+		}
+		since = body.NextSince
+		if !body.HasMore {
+			break
+		}
+	}
+	if pages != 3 || len(got) != len(want) {
+		t.Fatalf("%d pages holding %d conversations; want 3 pages and all %d", pages, len(got), len(want))
+	}
+	var body protocol.SyncBody
+	if code := ts.call("GET", "/api/v1/sync?since="+url.QueryEscape(since), alice.AccessToken, nil, &body); code != 200 || len(body.Conversations) != 0 || body.HasMore {
+		t.Fatalf("sync after the last page: %d %+v; want nothing more", code, body)
 	}
 }

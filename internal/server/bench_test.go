@@ -39,7 +39,7 @@ func TestBenchSmoke(t *testing.T) {
 				"the last acked message of each of 4 conversations: all stored"}},
 		// Every read timed, at a size where each list and history read has full pages.
 		{"paging", []string{"paging", "--conversations", "120", "--small", "60", "--messages", "300", "--reps", "3"},
-			[]string{"conversations, page 3 (120)", "sync, no token (120)", "history, oldest page"}},
+			[]string{"conversations, page 3 (120)", "sync, first page, no token (120)", "history, oldest page"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out, err := exec.Command(bin, append([]string{"bench"}, tc.args...)...).CombinedOutput()

@@ -237,14 +237,17 @@ type Events interface {
 	// one above it (catching up); without, the newest one below before (scrolling back). Originals carry
 	// their current state. ErrNotFound if userID is not a member.
 	Messages(ctx context.Context, conversationID, userID string, before, after int64, limit int) (ms []protocol.Message, hasMore bool, err error)
-	// Sync returns userID's conversations that changed after token since (0 = all):
-	// new events, membership, the user's read state. next is the token to pass next time.
-	Sync(ctx context.Context, userID string, since int64) (cs []protocol.Conversation, next int64, err error)
+	// Sync returns up to limit (<= 0: 500) of userID's conversations that changed after
+	// token since ("" = all): new events, membership, the user's read state, oldest change
+	// first. next is the token to pass next time; more says that more changed conversations
+	// remain, for a call with next at once. Tokens are opaque and the store's own:
+	// ErrBadCursor for one it did not give out.
+	Sync(ctx context.Context, userID, since string, limit int) (cs []protocol.Conversation, next string, more bool, err error)
 	// Departed returns the conversations userID stopped being a member of (removed, or
-	// left) after token since and has not joined again. Called after Sync with the same
-	// since, it reports every departure up to Sync's next (and perhaps some after, which
-	// the following call reports again).
-	Departed(ctx context.Context, userID string, since int64) ([]string, error)
+	// left) after token since (a Sync token; "" = none) and has not joined again. Called
+	// after Sync with the same since, it reports every departure up to Sync's next (and
+	// perhaps some after, which the following call reports again).
+	Departed(ctx context.Context, userID, since string) ([]string, error)
 	// Message returns one event of the conversation by seq, an original with its current
 	// state as in Messages, or ErrNotFound. It checks no membership: the caller has.
 	Message(ctx context.Context, conversationID string, seq int64) (protocol.Message, error)

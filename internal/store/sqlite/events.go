@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strconv"
+	"strings"
 
 	"github.com/google/uuid"
 
@@ -501,44 +503,97 @@ func (s *Store) SetCursors(ctx context.Context, ups []store.CursorUpdate) ([]sto
 
 // Sync implements store.Events. Every write that changes what Sync reports bumps meta.version
 // once and stamps the conversation (events, membership, name) or the member row (the user's
-// cursors, role, joining) with it; Sync reads the counter and the rows stamped after since in
-// one snapshot, so next covers exactly what was returned. A conversation the user was removed
-// from is not returned (its member row is gone): Departed reports it.
-func (s *Store) Sync(ctx context.Context, userID string, since int64) ([]protocol.Conversation, int64, error) {
+// cursors, role, joining) with it. A conversation's change is the larger of the two stamps;
+// Sync pages by (change, id) upward, so a page's token is the last row's pair, and the token
+// after the last page is the counter read in the same snapshot, which covers exactly what was
+// returned. A conversation the user was removed from is not returned (its member row is
+// gone): Departed reports it. Tokens: "" (from the start), "V" (after version V), "V.ID"
+// (after conversation ID at version V).
+func (s *Store) Sync(ctx context.Context, userID, since string, limit int) ([]protocol.Conversation, string, bool, error) {
 	const op = "sync"
+	v, after, err := parseSyncToken(since)
+	if err != nil {
+		return nil, "", false, fmt.Errorf("sqlite: %s: %w", op, err)
+	}
+	if limit <= 0 {
+		limit = 500
+	}
 	if err := s.enter(op); err != nil {
-		return nil, 0, err
+		return nil, "", false, err
 	}
 	defer s.leave()
 	var cs []protocol.Conversation
-	var next int64
-	err := s.read(ctx, func(tx *sql.Tx) error {
-		if err := s.rtx(tx).QueryRowContext(ctx, `SELECT version FROM meta`).Scan(&next); err != nil {
+	var next string
+	var more bool
+	err = s.read(ctx, func(tx *sql.Tx) error {
+		var counter int64
+		if err := s.rtx(tx).QueryRowContext(ctx, `SELECT version FROM meta`).Scan(&counter); err != nil {
 			return err
 		}
-		rs, err := s.queryConvRows(ctx, tx, convSelect+` WHERE m.user_id = ? AND (h.version > ? OR m.version > ?)
-			ORDER BY h.updated_ts DESC, c.id DESC`, userID, since, since)
+		rows, err := s.rtx(tx).QueryContext(ctx, `SELECT c.id, c.type, c.name, h.last_seq, h.last_text_seq, c.created_ts,
+			h.updated_ts, m.last_read_seq, m.last_delivered_seq, max(h.version, m.version) AS v
+			FROM members m JOIN conversations c ON c.id = m.conversation_id JOIN heads h ON h.num = c.num
+			WHERE m.user_id = ? AND (max(h.version, m.version) > ? OR (? != '' AND max(h.version, m.version) = ? AND c.id > ?))
+			ORDER BY v, c.id LIMIT ?`, userID, v, after, v, after, limit+1)
 		if err != nil {
 			return err
+		}
+		var rs []convRow
+		var vs []int64
+		for rows.Next() {
+			var r convRow
+			var rv int64
+			if err := rows.Scan(&r.c.ID, &r.c.Type, &r.c.Name, &r.c.LastSeq, &r.lastTextSeq, &r.c.CreatedTS,
+				&r.c.UpdatedTS, &r.c.LastReadSeq, &r.c.LastDeliveredSeq, &rv); err != nil {
+				rows.Close()
+				return err
+			}
+			rs, vs = append(rs, r), append(vs, rv)
+		}
+		if err := rows.Close(); err != nil {
+			return err
+		}
+		if more = len(rs) > limit; more {
+			rs, vs = rs[:limit], vs[:limit]
+			next = strconv.FormatInt(vs[limit-1], 10) + "." + rs[limit-1].c.ID
+		} else {
+			next = strconv.FormatInt(counter, 10)
 		}
 		cs, err = s.rv.views(ctx, tx, userID, rs)
 		return err
 	})
 	if err != nil {
-		return nil, 0, wrap(op, err)
+		return nil, "", false, wrap(op, err)
 	}
-	return cs, next, nil
+	return cs, next, more, nil
+}
+
+// parseSyncToken reads a Sync token (see Sync).
+func parseSyncToken(t string) (version int64, after string, err error) {
+	if t == "" {
+		return 0, "", nil
+	}
+	vt, after, _ := strings.Cut(t, ".")
+	version, err = strconv.ParseInt(vt, 10, 64)
+	if err != nil || version < 0 {
+		return 0, "", store.ErrBadCursor
+	}
+	return version, after, nil
 }
 
 // Departed implements store.Events.
-func (s *Store) Departed(ctx context.Context, userID string, since int64) ([]string, error) {
+func (s *Store) Departed(ctx context.Context, userID, token string) ([]string, error) {
 	const op = "departed"
+	since, _, err := parseSyncToken(token)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: %s: %w", op, err)
+	}
 	if err := s.enter(op); err != nil {
 		return nil, err
 	}
 	defer s.leave()
 	ids := []string{}
-	err := s.read(ctx, func(tx *sql.Tx) error {
+	err = s.read(ctx, func(tx *sql.Tx) error {
 		rows, err := s.rtx(tx).QueryContext(ctx, `SELECT conversation_id FROM departures
 			WHERE user_id = ? AND version > ? ORDER BY version, conversation_id`, userID, since)
 		if err != nil {

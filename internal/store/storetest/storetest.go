@@ -53,6 +53,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Conversation/LastMessage", testLastMessage},
 		{"Sync", testSync},
 		{"Sync/Departed", testDeparted},
+		{"Sync/Paging", testSyncPaging},
 		{"ConversationsOf/OrderAndPaging", testConversationsOf},
 		{"Append/FailedCallStoresNothing", testAppendCancelled},
 		{"Close", testClose},
@@ -722,7 +723,7 @@ func testMembershipAbort(t *testing.T, s store.Store) {
 	mkUsers(t, s, "a", "b", "c")
 	mkGroup(t, s, "g1", "a", "b")
 	before := conv(t, s, "g1", "a")
-	_, next, err := s.Sync(ctx, "a", 0)
+	_, next, _, err := s.Sync(ctx, "a", "", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -744,7 +745,7 @@ func testMembershipAbort(t *testing.T, s store.Store) {
 		t.Fatalf("aborted change left a trace: before %+v, after %+v", before, after)
 	}
 	checkGapless(t, history(t, s, "g1", "a"), 1)
-	if cs, _, err := s.Sync(ctx, "a", next); err != nil || len(cs) != 0 {
+	if cs, _, _, err := s.Sync(ctx, "a", next, 0); err != nil || len(cs) != 0 {
 		t.Fatalf("Sync after an aborted change = %v, %v; want nothing", convIDs(cs), err)
 	}
 	// The next change takes the seq the aborted one did not.
@@ -1330,28 +1331,25 @@ func testSync(t *testing.T, s store.Store) {
 	mkGroup(t, s, "g1", "a", "b")
 	mkDirect(t, s, "d3", "b", "c") // not a's
 
-	syncIDs := func(user string, since int64) ([]string, int64, []protocol.Conversation) {
+	syncIDs := func(user string, since string) ([]string, string, []protocol.Conversation) {
 		t.Helper()
-		cs, next, err := s.Sync(ctx, user, since)
-		if err != nil {
-			t.Fatalf("Sync(%s, %d): %v", user, since, err)
-		}
+		cs, next := syncOf(t, s, user, since)
 		ids := convIDs(cs)
 		sort.Strings(ids)
 		return ids, next, cs
 	}
-	ids, n0, _ := syncIDs("a", 0)
+	ids, n0, _ := syncIDs("a", "")
 	if !slices.Equal(ids, []string{"d1", "d2", "g1"}) {
 		t.Fatalf("Sync(a, 0) = %v, want all of a's conversations", ids)
 	}
 	if ids, n, _ := syncIDs("a", n0); len(ids) != 0 || n != n0 {
-		t.Fatalf("Sync(a, next) with no change = %v, %d; want nothing, %d", ids, n, n0)
+		t.Fatalf("Sync(a, next) with no change = %v, %s; want nothing, %s", ids, n, n0)
 	}
 
 	appendOK(t, s, text("d2", "c", "m1", "hi a", ts0+1))
 	ids, n1, cs := syncIDs("a", n0)
-	if !slices.Equal(ids, []string{"d2"}) || n1 <= n0 {
-		t.Fatalf("Sync after an append to d2 = %v, next %d (was %d); want [d2] and a later token", ids, n1, n0)
+	if !slices.Equal(ids, []string{"d2"}) || n1 == n0 {
+		t.Fatalf("Sync after an append to d2 = %v, next %s (was %s); want [d2] and a later token", ids, n1, n0)
 	}
 	if c := cs[0]; c.LastSeq != 1 || c.UnreadCount != 1 || c.LastMessage == nil || c.LastMessage.Body != "hi a" {
 		t.Fatalf("synced view = %+v", c)
@@ -1394,14 +1392,14 @@ func testSync(t *testing.T, s store.Store) {
 			t.Fatalf("Sync(%s) after a membership change = %v", u, cs)
 		}
 	}
-	ids, n4, _ := syncIDs("c", 0)
-	if !slices.Equal(ids, []string{"d2", "d3", "g1"}) || n4 <= n3 {
-		t.Fatalf("Sync(c, 0) = %v, %d", ids, n4)
+	ids, n4, _ := syncIDs("c", "")
+	if !slices.Equal(ids, []string{"d2", "d3", "g1"}) || n4 == n3 {
+		t.Fatalf("Sync(c, \"\") = %v, %s", ids, n4)
 	}
 	// Nothing changes: duplicates and failures move no token.
 	appendAll(t, s, text("d2", "c", "m1", "hi a", ts0+1), text("d1", "c", "m9", "x", ts0))
 	if ids, n, _ := syncIDs("a", n4); len(ids) != 0 || n != n4 {
-		t.Fatalf("Sync after a duplicate and a failure = %v, %d; want nothing, %d", ids, n, n4)
+		t.Fatalf("Sync after a duplicate and a failure = %v, %s; want nothing, %s", ids, n, n4)
 	}
 }
 
@@ -1505,8 +1503,8 @@ func testClose(t *testing.T, s store.Store) {
 		{"Messages", func() error { _, _, err := s.Messages(ctx, "d1", "a", 0, 0, 10); return err }},
 		{"Message", func() error { _, err := s.Message(ctx, "d1", 1); return err }},
 		{"SetCursor", func() error { _, err := s.SetCursor(ctx, "d1", "a", "read", 1, ts0); return err }},
-		{"Sync", func() error { _, _, err := s.Sync(ctx, "a", 0); return err }},
-		{"Departed", func() error { _, err := s.Departed(ctx, "a", 0); return err }},
+		{"Sync", func() error { _, _, _, err := s.Sync(ctx, "a", "", 0); return err }},
+		{"Departed", func() error { _, err := s.Departed(ctx, "a", ""); return err }},
 	}
 	for _, c := range calls {
 		wantErr(t, c.name+" after Close", c.call(), store.ErrClosed)
@@ -1595,7 +1593,7 @@ func testCursorBatch(t *testing.T, s store.Store) {
 	for i := 1; i <= 4; i++ {
 		appendOK(t, s, text("d1", "b", fmt.Sprint("b", i), "x", ts0+int64(i)))
 	}
-	_, next0 := syncOf(t, s, "a", 0)
+	_, next0 := syncOf(t, s, "a", "")
 	rs, err := s.SetCursors(ctx, []store.CursorUpdate{
 		{ConversationID: "d1", UserID: "a", Status: "delivered", Seq: 2, TS: ts0 + 10},
 		{ConversationID: "d1", UserID: "c", Status: "read", Seq: 1, TS: ts0 + 10}, // not a member
@@ -1633,13 +1631,35 @@ func testCursorBatch(t *testing.T, s store.Store) {
 	}
 }
 
-func syncOf(t *testing.T, s store.Store, user string, since int64) ([]protocol.Conversation, int64) {
+// syncOf syncs every page (3 conversations a page, so that paging is exercised) and returns
+// what they held, each conversation once as last seen, and the token after the last.
+func syncOf(t *testing.T, s store.Store, user, since string) ([]protocol.Conversation, string) {
 	t.Helper()
-	cs, next, err := s.Sync(t.Context(), user, since)
-	if err != nil {
-		t.Fatalf("Sync(%s, %d): %v", user, since, err)
+	var all []protocol.Conversation
+	at := map[string]int{}
+	for range 1000 {
+		cs, next, more, err := s.Sync(t.Context(), user, since, 3)
+		if err != nil {
+			t.Fatalf("Sync(%s, %q): %v", user, since, err)
+		}
+		if len(cs) > 3 {
+			t.Fatalf("Sync(%s, %q, limit 3) = %d conversations", user, since, len(cs))
+		}
+		for _, c := range cs {
+			if i, ok := at[c.ID]; ok {
+				all[i] = c
+				continue
+			}
+			at[c.ID] = len(all)
+			all = append(all, c)
+		}
+		since = next
+		if !more {
+			return all, next
+		}
 	}
-	return cs, next
+	t.Fatalf("Sync(%s) never ended", user)
+	return nil, ""
 }
 
 func testPresencePeers(t *testing.T, s store.Store) {
@@ -1712,6 +1732,62 @@ func testAppendAfterMembershipChange(t *testing.T, s store.Store) {
 	}
 }
 
+// testSyncPaging: a sync in pages returns every conversation once, in pages of at most the
+// limit, with more set on all but the last; a conversation that changes while the pages are
+// read comes again, on a later page or in the next sync: nothing committed during a sync is
+// missed by the one after it.
+func testSyncPaging(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	mkUsers(t, s, "a", "b")
+	var want []string
+	for i := range 7 {
+		id := fmt.Sprintf("g%d", i)
+		mkGroup(t, s, id, "a", "b")
+		want = append(want, id)
+	}
+	page := func(since string) ([]string, string, bool) {
+		t.Helper()
+		cs, next, more, err := s.Sync(ctx, "a", since, 3)
+		if err != nil {
+			t.Fatalf("Sync(a, %q, 3): %v", since, err)
+		}
+		return convIDs(cs), next, more
+	}
+	p1, t1, more1 := page("")
+	if len(p1) != 3 || !more1 {
+		t.Fatalf("page 1 = %v, more %v; want 3 and more", p1, more1)
+	}
+	// g0 was on page 1; it changes now, mid-sync.
+	appendOK(t, s, text(p1[0], "b", "mid", "while you were paging", ts0+1))
+	p2, t2, more2 := page(t1)
+	p3, t3, more3 := page(t2)
+	if len(p2) != 3 || !more2 {
+		t.Fatalf("page 2 = %v, more %v; want 3 and more", p2, more2)
+	}
+	seen := map[string]int{}
+	for _, id := range slices.Concat(p1, p2, p3) {
+		seen[id]++
+	}
+	for _, id := range want {
+		if seen[id] == 0 {
+			t.Fatalf("pages %v %v %v miss %s", p1, p2, p3, id)
+		}
+	}
+	if more3 {
+		t.Fatalf("page 3 = %v with more; 7 conversations and one change fit in 3 pages of 3", p3)
+	}
+	// The conversation that changed mid-sync came again (page 3), or comes in the next sync.
+	if seen[p1[0]] < 2 {
+		next, _, _ := page(t3)
+		if !slices.Contains(next, p1[0]) {
+			t.Fatalf("%s changed during the sync and was not reported again (pages %v %v %v, then %v)", p1[0], p1, p2, p3, next)
+		}
+	}
+	if _, _, _, err := s.Sync(ctx, "a", "not a token", 3); !errors.Is(err, store.ErrBadCursor) {
+		t.Fatalf("Sync with a token the store did not give out: %v, want ErrBadCursor", err)
+	}
+}
+
 // testDeparted: a member removed from a group, or leaving it, disappears from Sync and shows
 // in Departed after the token that preceded it, until joining again.
 func testDeparted(t *testing.T, s store.Store) {
@@ -1719,11 +1795,11 @@ func testDeparted(t *testing.T, s store.Store) {
 	mkUsers(t, s, "a", "b", "c")
 	mkGroup(t, s, "g1", "a", "b", "c")
 	mkGroup(t, s, "g2", "a", "b")
-	departed := func(user string, since int64) []string {
+	departed := func(user string, since string) []string {
 		t.Helper()
 		ids, err := s.Departed(ctx, user, since)
 		if err != nil {
-			t.Fatalf("Departed(%s, %d): %v", user, since, err)
+			t.Fatalf("Departed(%s, %q): %v", user, since, err)
 		}
 		return ids
 	}
@@ -1734,7 +1810,7 @@ func testDeparted(t *testing.T, s store.Store) {
 			t.Fatalf("ChangeMembership(%s): %v", conv, err)
 		}
 	}
-	_, t0 := syncOf(t, s, "b", 0)
+	_, t0 := syncOf(t, s, "b", "")
 	if got := departed("b", t0); len(got) != 0 {
 		t.Fatalf("Departed before any change = %v, want none", got)
 	}

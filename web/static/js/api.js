@@ -136,7 +136,19 @@ export const api = {
   removeMember: (id, userId) => request('DELETE', `/conversations/${enc(id)}/members/${enc(userId)}`),
   messages: (id, { before, after, limit } = {}) =>
     request('GET', `/conversations/${enc(id)}/messages` + q({ before, after, limit })),
-  sync: (since) => request('GET', '/sync' + q({ since })),
+  // sync reads every page (has_more: call again at once with next_since) and merges them: a
+  // conversation that changed again while the pages were read is kept once, as last seen.
+  sync: async (since) => {
+    const convs = new Map();
+    const removed = [];
+    for (;;) {
+      const res = await request('GET', '/sync' + q({ since }));
+      for (const c of res.conversations) convs.set(c.id, c);
+      removed.push(...(res.removed_conversation_ids || []));
+      since = res.next_since;
+      if (!res.has_more) return { conversations: [...convs.values()], removed_conversation_ids: removed, next_since: since };
+    }
+  },
   presence: (ids) => request('GET', '/presence' + q({ user_ids: ids.join(',') })),
   ticket: () => request('POST', '/ws/ticket'),
 };
