@@ -332,7 +332,8 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) {
 	}
 	bad := chat.Errorf(protocol.CodeUnauthorized, "wrong username or password")
 	username := auth.NormalizeUsername(req.Username)
-	known := a.knownAddress(r, username)
+	knownKey := a.knownAddressKey(r, username)
+	known := a.knownAddress(r, knownKey)
 	if err := a.loginAllowed(r, username, known); err != nil {
 		a.writeError(w, r, err)
 		return
@@ -379,7 +380,7 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) {
 		RefreshExpiresTS: now.Add(a.cfg.RefreshTTL).UnixMilli(), CreatedTS: now.UnixMilli(),
 	}
 	if !known {
-		err := a.soft.PutToken(r.Context(), a.knownAddressKey(r, username), "1", a.now().UnixMilli(), knownAddressTTL)
+		err := a.soft.PutToken(r.Context(), knownKey, "1", a.now().UnixMilli(), knownAddressTTL)
 		if err != nil && !errors.Is(err, state.ErrExists) {
 			a.log.Warn("remember login address", "request_id", requestID(r.Context()), "err", err)
 		}
@@ -424,10 +425,11 @@ func (a *API) knownAddressKey(r *http.Request, username string) string {
 	return "known:" + limit.HashKey(username+"\x00"+a.lim.ClientIP(r))
 }
 
-// knownAddress reports whether username logged in successfully from r's address within
-// knownAddressTTL (false if soft state cannot say).
-func (a *API) knownAddress(r *http.Request, username string) bool {
-	_, ok, err := a.soft.PeekToken(r.Context(), a.knownAddressKey(r, username), a.now().UnixMilli())
+// knownAddress reports whether the mark under key (knownAddressKey) is there: the account
+// logged in successfully from the address within knownAddressTTL (false if soft state
+// cannot say).
+func (a *API) knownAddress(r *http.Request, key string) bool {
+	_, ok, err := a.soft.PeekToken(r.Context(), key, a.now().UnixMilli())
 	return err == nil && ok
 }
 
@@ -452,6 +454,16 @@ func (a *API) makeRoomForDevice(r *http.Request, userID string) error {
 			"request_id", requestID(r.Context()))
 	}
 	return nil
+}
+
+// allowUser takes a token from userID's bucket for rule; over the limit it answers the
+// request (429 with Retry-After) and reports false.
+func (a *API) allowUser(w http.ResponseWriter, r *http.Request, what string, rule limit.Rule, userID string) bool {
+	if err := a.lim.User(r.Context(), what, rule, userID); err != nil {
+		a.writeError(w, r, err)
+		return false
+	}
+	return true
 }
 
 // revokeDevice logs a device out everywhere at once: its tokens stop working, every node
@@ -684,8 +696,7 @@ func (a *API) createConversation(w http.ResponseWriter, r *http.Request) {
 			a.writeError(w, r, chat.Errorf(protocol.CodeBadRequest, "a direct conversation takes exactly one other member in member_ids"))
 			return
 		}
-		if err := a.lim.User(r.Context(), "conversation changes", a.lim.Config().Membership, me); err != nil {
-			a.writeError(w, r, err)
+		if !a.allowUser(w, r, "conversation changes", a.lim.Config().Membership, me) {
 			return
 		}
 		c, created, err := a.chat.CreateDirect(r.Context(), me, req.MemberIDs[0])
@@ -699,8 +710,7 @@ func (a *API) createConversation(w http.ResponseWriter, r *http.Request) {
 		}
 		writeJSON(w, status, protocol.ConversationBody{Conversation: c})
 	case protocol.Group:
-		if err := a.lim.User(r.Context(), "groups created", a.lim.Config().GroupCreate, me); err != nil {
-			a.writeError(w, r, err)
+		if !a.allowUser(w, r, "groups created", a.lim.Config().GroupCreate, me) {
 			return
 		}
 		c, err := a.chat.CreateGroup(r.Context(), me, req.Name, req.MemberIDs)
@@ -757,8 +767,7 @@ func (a *API) patchConversation(w http.ResponseWriter, r *http.Request) {
 	}
 	id, me := r.PathValue("id"), callerOf(r).userID
 	if req.Name != nil {
-		if err := a.lim.User(r.Context(), "conversation changes", a.lim.Config().Membership, me); err != nil {
-			a.writeError(w, r, err)
+		if !a.allowUser(w, r, "conversation changes", a.lim.Config().Membership, me) {
 			return
 		}
 		if _, err := a.chat.Rename(r.Context(), me, id, *req.Name); err != nil {
@@ -776,8 +785,7 @@ func (a *API) addMembers(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id := r.PathValue("id")
-	if err := a.lim.User(r.Context(), "conversation changes", a.lim.Config().Membership, callerOf(r).userID); err != nil {
-		a.writeError(w, r, err)
+	if !a.allowUser(w, r, "conversation changes", a.lim.Config().Membership, callerOf(r).userID) {
 		return
 	}
 	if _, err := a.chat.AddMembers(r.Context(), callerOf(r).userID, id, req.UserIDs); err != nil {
@@ -789,8 +797,7 @@ func (a *API) addMembers(w http.ResponseWriter, r *http.Request) {
 
 func (a *API) removeMember(w http.ResponseWriter, r *http.Request) {
 	id, me, target := r.PathValue("id"), callerOf(r).userID, r.PathValue("user_id")
-	if err := a.lim.User(r.Context(), "conversation changes", a.lim.Config().Membership, me); err != nil {
-		a.writeError(w, r, err)
+	if !a.allowUser(w, r, "conversation changes", a.lim.Config().Membership, me) {
 		return
 	}
 	if _, err := a.chat.RemoveMember(r.Context(), me, id, target); err != nil {

@@ -77,29 +77,6 @@ func ValidatePassword(s string) error {
 	return nil
 }
 
-// ValidateDisplayName checks a display name: valid UTF-8, at most 64 characters, no control
-// characters (newlines, tabs, escapes), which would break how other clients lay it out. An
-// empty name is valid: the caller decides what an absent name means.
-func ValidateDisplayName(s string) error {
-	invalid := func(format string, args ...any) error {
-		return &ValidationError{Field: "display_name", Message: fmt.Sprintf(format, args...)}
-	}
-	if !utf8.ValidString(s) {
-		return invalid("display name must be valid UTF-8 text")
-	}
-	if n := utf8.RuneCountInString(s); n > DisplayNameMaxLen {
-		return invalid("display name must be at most %d characters long; this one has %d", DisplayNameMaxLen, n)
-	}
-	pos := 0
-	for _, r := range s {
-		pos++
-		if unicode.IsControl(r) {
-			return invalid("display name must not contain control characters; U+%04X at position %d is one", r, pos)
-		}
-	}
-	return nil
-}
-
 // CleanName returns a display name or group name as it is stored: NFC-normalised (so that
 // the same name typed on two systems is the same string) and trimmed. It refuses, naming
 // field, a name that is not UTF-8, longer than max characters, holds control characters or

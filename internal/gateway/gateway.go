@@ -209,7 +209,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// The address is judged before the credentials, so that a handshake refused for it does
 	// not use up a one-time ticket.
 	ip := g.lim.ClientIP(r)
-	if err := g.admit("", ip); err != nil {
+	if err := g.admitAddr(ip); err != nil {
 		w.Header().Set("Retry-After", "10")
 		httpError(w, http.StatusTooManyRequests, protocol.CodeRateLimited, err.Error())
 		return
@@ -231,7 +231,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		httpError(w, status, code, msg)
 		return
 	}
-	if err := g.admit(userID, ""); err != nil {
+	if err := g.admitUser(userID); err != nil {
 		w.Header().Set("Retry-After", "10")
 		httpError(w, http.StatusTooManyRequests, protocol.CodeRateLimited, err.Error())
 		return
@@ -326,18 +326,25 @@ func (g *Gateway) register(c *Conn) error {
 	return nil
 }
 
-// admit refuses a connection past ConnsPerUser (for userID, if not empty) or ConnsPerIP (for
-// ip, if not empty) on this node. (Two handshakes at once may both pass: the bound is loose
-// by the handshakes in flight, not unbounded.)
-func (g *Gateway) admit(userID, ip string) error {
-	cfg := g.lim.Config()
+// admitAddr refuses a connection past ConnsPerIP from ip on this node, admitUser one past
+// ConnsPerUser of userID. (Two handshakes at once may both pass: the bound is loose by the
+// handshakes in flight, not unbounded.)
+func (g *Gateway) admitAddr(ip string) error {
+	max := g.lim.Config().ConnsPerIP
 	g.mu.RLock()
 	defer g.mu.RUnlock()
-	if u := g.users[userID]; userID != "" && u != nil && len(u.conns) >= cfg.ConnsPerUser {
-		return fmt.Errorf("too many connections for this user (%d); close one", cfg.ConnsPerUser)
+	if int(g.ips[ip]) >= max {
+		return fmt.Errorf("too many connections from this address (%d)", max)
 	}
-	if ip != "" && int(g.ips[ip]) >= cfg.ConnsPerIP {
-		return fmt.Errorf("too many connections from this address (%d)", cfg.ConnsPerIP)
+	return nil
+}
+
+func (g *Gateway) admitUser(userID string) error {
+	max := g.lim.Config().ConnsPerUser
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	if u := g.users[userID]; u != nil && len(u.conns) >= max {
+		return fmt.Errorf("too many connections for this user (%d); close one", max)
 	}
 	return nil
 }

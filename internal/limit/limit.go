@@ -156,8 +156,9 @@ func New(cfg Config, soft state.Limits, timeout time.Duration, log *slog.Logger)
 	return &Limiter{cfg: cfg.WithDefaults(), soft: soft, timeout: timeout, log: log, now: time.Now}
 }
 
-// Config returns the limits in force, defaults filled in.
-func (l *Limiter) Config() Config { return l.cfg }
+// Config returns the limits in force, defaults filled in. It is the Limiter's own, read on
+// every frame (not copied): callers must not change it.
+func (l *Limiter) Config() *Config { return &l.cfg }
 
 // ErrUnavailable is a limit on strangers that could not be checked (soft state is down):
 // the caller answers unavailable (503), and the client retries.

@@ -116,9 +116,10 @@ func (db *DB) SearchUsers(ctx context.Context, prefix string, limit int) ([]prot
 
 const deviceCols = `id, user_id, name, refresh_hash, refresh_expires_ts, created_ts, revoked_ts`
 
-func scanDevice(row pgx.Row) (store.Device, error) {
+// scanDevice scans deviceCols, and then any columns after them into extra.
+func scanDevice(row pgx.Row, extra ...any) (store.Device, error) {
 	var d store.Device
-	err := row.Scan(&d.ID, &d.UserID, &d.Name, &d.RefreshHash, &d.RefreshExpiresTS, &d.CreatedTS, &d.RevokedTS)
+	err := row.Scan(append([]any{&d.ID, &d.UserID, &d.Name, &d.RefreshHash, &d.RefreshExpiresTS, &d.CreatedTS, &d.RevokedTS}, extra...)...)
 	return d, err
 }
 
@@ -186,12 +187,10 @@ func (db *DB) RotateRefresh(ctx context.Context, deviceID, oldHash, newHash stri
 
 // DeviceByRotatedRefresh implements store.Devices.
 func (db *DB) DeviceByRotatedRefresh(ctx context.Context, hash string) (store.Device, int64, error) {
-	var d store.Device
 	var rotated int64
-	err := db.pool.QueryRow(ctx, `SELECT d.id, d.user_id, d.name, d.refresh_hash, d.refresh_expires_ts,
+	d, err := scanDevice(db.pool.QueryRow(ctx, `SELECT d.id, d.user_id, d.name, d.refresh_hash, d.refresh_expires_ts,
 			d.created_ts, d.revoked_ts, r.rotated_ts
-		FROM refresh_rotated r JOIN devices d ON d.id = r.device_id WHERE r.hash = $1`, hash).
-		Scan(&d.ID, &d.UserID, &d.Name, &d.RefreshHash, &d.RefreshExpiresTS, &d.CreatedTS, &d.RevokedTS, &rotated)
+		FROM refresh_rotated r JOIN devices d ON d.id = r.device_id WHERE r.hash = $1`, hash), &rotated)
 	if err != nil {
 		return store.Device{}, 0, notFound("device by rotated refresh", "", err)
 	}

@@ -24,10 +24,11 @@ type convRow struct {
 	lastTextSeq int64
 }
 
-func scanConvRow(sc interface{ Scan(...any) error }) (convRow, error) {
+// scanConvRow scans convSelect's columns, and then any columns after them into extra.
+func scanConvRow(sc interface{ Scan(...any) error }, extra ...any) (convRow, error) {
 	var r convRow
-	err := sc.Scan(&r.c.ID, &r.c.Type, &r.c.Name, &r.c.LastSeq, &r.lastTextSeq, &r.c.CreatedTS,
-		&r.c.UpdatedTS, &r.c.LastReadSeq, &r.c.LastDeliveredSeq)
+	err := sc.Scan(append([]any{&r.c.ID, &r.c.Type, &r.c.Name, &r.c.LastSeq, &r.lastTextSeq, &r.c.CreatedTS,
+		&r.c.UpdatedTS, &r.c.LastReadSeq, &r.c.LastDeliveredSeq}, extra...)...)
 	return r, err
 }
 

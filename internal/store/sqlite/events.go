@@ -530,9 +530,7 @@ func (s *Store) Sync(ctx context.Context, userID, since string, limit int) ([]pr
 		if err := s.rtx(tx).QueryRowContext(ctx, `SELECT version FROM meta`).Scan(&counter); err != nil {
 			return err
 		}
-		rows, err := s.rtx(tx).QueryContext(ctx, `SELECT c.id, c.type, c.name, h.last_seq, h.last_text_seq, c.created_ts,
-			h.updated_ts, m.last_read_seq, m.last_delivered_seq, max(h.version, m.version) AS v
-			FROM members m JOIN conversations c ON c.id = m.conversation_id JOIN heads h ON h.num = c.num
+		rows, err := s.rtx(tx).QueryContext(ctx, convSelectWith(`max(h.version, m.version) AS v`)+`
 			WHERE m.user_id = ? AND (max(h.version, m.version) > ? OR (? != '' AND max(h.version, m.version) = ? AND c.id > ?))
 			ORDER BY v, c.id LIMIT ?`, userID, v, after, v, after, limit+1)
 		if err != nil {
@@ -541,16 +539,15 @@ func (s *Store) Sync(ctx context.Context, userID, since string, limit int) ([]pr
 		var rs []convRow
 		var vs []int64
 		for rows.Next() {
-			var r convRow
 			var rv int64
-			if err := rows.Scan(&r.c.ID, &r.c.Type, &r.c.Name, &r.c.LastSeq, &r.lastTextSeq, &r.c.CreatedTS,
-				&r.c.UpdatedTS, &r.c.LastReadSeq, &r.c.LastDeliveredSeq, &rv); err != nil {
+			r, err := scanConvRow(rows, &rv)
+			if err != nil {
 				rows.Close()
 				return err
 			}
 			rs, vs = append(rs, r), append(vs, rv)
 		}
-		if err := rows.Close(); err != nil {
+		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
 			return err
 		}
 		if more = len(rs) > limit; more {

@@ -22,9 +22,17 @@ const convNum = `(SELECT num FROM conversations WHERE id = ?)`
 
 // convSelect selects a conversation joined with its head and one member's row, as
 // scanConvRow reads it.
-const convSelect = `SELECT c.id, c.type, c.name, h.last_seq, h.last_text_seq, c.created_ts,
-	h.updated_ts, m.last_read_seq, m.last_delivered_seq
+const convSelect = `SELECT ` + convCols + convFrom
+
+const (
+	convCols = `c.id, c.type, c.name, h.last_seq, h.last_text_seq, c.created_ts,
+	h.updated_ts, m.last_read_seq, m.last_delivered_seq`
+	convFrom = `
 	FROM members m JOIN conversations c ON c.id = m.conversation_id JOIN heads h ON h.num = c.num`
+)
+
+// convSelectWith is convSelect with more columns after its own (scanConvRow's extra).
+func convSelectWith(more string) string { return `SELECT ` + convCols + `, ` + more + convFrom }
 
 // writeStmts are the statements of Append (and bump, of every write that Sync reports),
 // prepared on the writer. Those of a conversation's log take its number (conv), which the

@@ -185,9 +185,10 @@ func prefixUpperBound(prefix string) (string, bool) {
 
 const deviceCols = `id, user_id, name, refresh_hash, refresh_expires_ts, created_ts, revoked_ts`
 
-func scanDevice(sc interface{ Scan(...any) error }) (store.Device, error) {
+// scanDevice scans deviceCols, and then any columns after them into extra.
+func scanDevice(sc interface{ Scan(...any) error }, extra ...any) (store.Device, error) {
 	var d store.Device
-	err := sc.Scan(&d.ID, &d.UserID, &d.Name, &d.RefreshHash, &d.RefreshExpiresTS, &d.CreatedTS, &d.RevokedTS)
+	err := sc.Scan(append([]any{&d.ID, &d.UserID, &d.Name, &d.RefreshHash, &d.RefreshExpiresTS, &d.CreatedTS, &d.RevokedTS}, extra...)...)
 	return d, err
 }
 
@@ -280,10 +281,8 @@ func (s *Store) DeviceByRotatedRefresh(ctx context.Context, hash string) (_ stor
 		return store.Device{}, 0, err
 	}
 	defer s.leaveRead(&err)
-	var d store.Device
-	err = s.rq().QueryRowContext(ctx, `SELECT `+prefixed("d.", deviceCols)+`, r.rotated_ts
-		FROM refresh_rotated r JOIN devices d ON d.id = r.device_id WHERE r.hash = ?`, hash).Scan(
-		&d.ID, &d.UserID, &d.Name, &d.RefreshHash, &d.RefreshExpiresTS, &d.CreatedTS, &d.RevokedTS, &rotatedTS)
+	d, err := scanDevice(s.rq().QueryRowContext(ctx, `SELECT `+prefixed("d.", deviceCols)+`, r.rotated_ts
+		FROM refresh_rotated r JOIN devices d ON d.id = r.device_id WHERE r.hash = ?`, hash), &rotatedTS)
 	if errors.Is(err, sql.ErrNoRows) {
 		return store.Device{}, 0, fmt.Errorf("sqlite: %s: %w", op, store.ErrNotFound)
 	}
