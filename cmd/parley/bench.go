@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime/pprof"
+	"slices"
 	"strings"
 	"time"
 
@@ -37,8 +38,8 @@ scenario prints a summary and, with --json FILE, writes its result as JSON.
 
 // benchFlags are the flags every scenario has.
 type benchFlags struct {
-	url, out, sources, cpuProfile *string
-	pid                           *int
+	url, out, sources, cpuProfile, postgres *string
+	pid                                     *int
 }
 
 func addBenchFlags(fs *flag.FlagSet) benchFlags {
@@ -48,6 +49,7 @@ func addBenchFlags(fs *flag.FlagSet) benchFlags {
 		sources:    fs.String("source-ips", "", "comma-separated local addresses to dial from (e.g. 127.0.0.2,127.0.0.3)"),
 		pid:        fs.Int("server-pid", 0, "with --url: the server's pid, to read its RSS and CPU use"),
 		cpuProfile: fs.String("cpuprofile", "", "write a CPU profile of the load generator itself to this file"),
+		postgres:   fs.String("postgres-url", "", "without --url: the server stores into a fresh database on this PostgreSQL server (postgres://user@host:port), dropped at the end"),
 	}
 }
 
@@ -63,11 +65,21 @@ func (b benchFlags) server(ctx context.Context) (url string, pid int, stop func(
 	if *b.url != "" {
 		return *b.url, *b.pid, func() {}, nil
 	}
-	srv, stop, err := startChild(ctx)
+	var args []string
+	drop := func() {}
+	if *b.postgres != "" {
+		dbURL, d, err := benchDatabase(ctx, *b.postgres)
+		if err != nil {
+			return "", 0, nil, err
+		}
+		args, drop = []string{"--postgres-url", dbURL}, d
+	}
+	srv, stopChild, err := startChild(ctx, args...)
 	if err != nil {
+		drop()
 		return "", 0, nil, err
 	}
-	return srv.URL, srv.PID(), stop, nil
+	return srv.URL, srv.PID(), func() { stopChild(); drop() }, nil
 }
 
 func (b benchFlags) report(res fmt.Stringer) error {
@@ -238,7 +250,7 @@ func announceLimits() {
 
 // startChild runs this binary's serve in a temp dir with benchServerArgs. stop also removes
 // the directory.
-func startChild(ctx context.Context) (srv *loadgen.Server, stop func(), err error) {
+func startChild(ctx context.Context, extra ...string) (srv *loadgen.Server, stop func(), err error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, nil, err
@@ -247,7 +259,7 @@ func startChild(ctx context.Context) (srv *loadgen.Server, stop func(), err erro
 	if err != nil {
 		return nil, nil, err
 	}
-	srv, err = loadgen.StartServer(ctx, exe, data, benchServerArgs...)
+	srv, err = loadgen.StartServer(ctx, exe, data, append(slices.Clone(benchServerArgs), extra...)...)
 	if err != nil {
 		_ = os.RemoveAll(data)
 		return nil, nil, fmt.Errorf("bench: %w", err)

@@ -14,8 +14,11 @@ import (
 func serve(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	var cfg server.Config
+	var pgConns int
 	fs.StringVar(&cfg.Listen, "listen", "127.0.0.1:8080", "address to listen on")
 	fs.StringVar(&cfg.Data, "data", "./data", "directory for the database, the bus's files and the signing key")
+	fs.StringVar(&cfg.PostgresURL, "postgres-url", "", "PostgreSQL for durable data, shared by many nodes: postgres://user@host:5432/db (default: SQLite under --data)")
+	fs.IntVar(&pgConns, "postgres-max-conns", 0, "connections to PostgreSQL per node (default max(4, cores))")
 	fs.StringVar(&cfg.NATSURL, "nats-url", "", "external NATS server (default: NATS runs in-process)")
 	fs.StringVar(&cfg.RedisURL, "redis-url", "", "Redis for soft state: presence, limits, tickets (default: in memory)")
 	fs.DurationVar(&cfg.Presence.TTL, "presence-ttl", 0, "a device without a heartbeat for this long is offline (default 3x heartbeat)")
@@ -53,6 +56,7 @@ func serve(ctx context.Context, args []string) error {
 			cfg.Gateway.AllowedOrigins = append(cfg.Gateway.AllowedOrigins, o)
 		}
 	}
+	cfg.Postgres.MaxConns = int32(pgConns)
 	cfg.API.Password = auth.Params{Memory: uint32(*argonMem), Time: uint32(*argonTime), Threads: auth.DefaultParams().Threads}
 	log, err := newLogger(*logLevel, *logJSON)
 	if err != nil {

@@ -60,6 +60,14 @@ func benchSoak(ctx context.Context, args []string) error {
 			return err
 		}
 		serverArgs = append(slices.Clone(benchServerArgs), "--debug-listen", "127.0.0.1:0")
+		if *bf.postgres != "" {
+			dbURL, drop, err := benchDatabase(ctx, *bf.postgres)
+			if err != nil {
+				return err
+			}
+			defer drop()
+			serverArgs = append(serverArgs, "--postgres-url", dbURL)
+		}
 		srv, err = loadgen.StartServer(ctx, exe, dir, serverArgs...)
 		if err != nil {
 			return fmt.Errorf("bench soak: %w", err)

@@ -435,9 +435,18 @@ func (s *Service) run() {
 func (s *Service) commit(batch []*op) {
 	ts := s.now().UnixMilli()
 	reqs := make([]store.AppendRequest, len(batch))
+	lists := make(map[string]store.MemberList) // the cached lists the requests name
 	for i, o := range batch {
 		reqs[i] = o.req
 		reqs[i].TS = ts
+		l, ok := lists[o.req.ConversationID]
+		if !ok {
+			l, ok = s.members.get(o.req.ConversationID)
+			if ok {
+				lists[o.req.ConversationID] = l
+			}
+		}
+		reqs[i].MemberVersion = l.Version
 	}
 	out := &outgoing{batch: slices.Clone(batch)}
 	// Not the caller's context: an event accepted into a batch is finished even while the
@@ -451,11 +460,14 @@ func (s *Service) commit(batch []*op) {
 			if r.Err != nil || r.Duplicate {
 				continue
 			}
-			members, err := s.memberIDs(r.Message.ConversationID)
-			if err != nil {
-				s.log.Error("member list for fan-out", "conversation", r.Message.ConversationID, "err", err)
+			// The store names the list in force when the event was stored whenever the one
+			// the request named is not it.
+			if r.Members != nil {
+				s.members.put(r.Message.ConversationID, *r.Members)
+				out.recipients[i] = r.Members.IDs
+				continue
 			}
-			out.recipients[i] = members
+			out.recipients[i] = lists[r.Message.ConversationID].IDs
 		}
 	}
 	s.out <- out
@@ -539,19 +551,15 @@ func (s *Service) publishTo(users []string, env []byte) {
 	}
 }
 
-// memberIDs returns a conversation's members from the cache, loading it on a miss. Only the
-// sequencer calls it: it fills the cache, and no membership change can come between its
-// store read and its put. Other goroutines use peekMembers.
+// memberIDs reloads a conversation's members into the cache. Only the sequencer calls it,
+// after a membership change it made.
 func (s *Service) memberIDs(conversationID string) ([]string, error) {
-	if ids, ok := s.members.get(conversationID); ok {
-		return ids, nil
-	}
-	ids, err := s.st.MemberIDs(context.Background(), conversationID)
+	l, err := s.st.Members(context.Background(), conversationID)
 	if err != nil {
 		return nil, err
 	}
-	s.members.put(conversationID, ids)
-	return ids, nil
+	s.members.put(conversationID, l)
+	return l.IDs, nil
 }
 
 func isNotFound(err error) bool {
@@ -571,8 +579,8 @@ func Clip(s string) string {
 // caching them: a list read off the sequencer could be overtaken by a membership change
 // and must not outlive the call.
 func (s *Service) peekMembers(conversationID string) ([]string, error) {
-	if ids, ok := s.members.get(conversationID); ok {
-		return ids, nil
+	if l, ok := s.members.get(conversationID); ok {
+		return l.IDs, nil
 	}
 	return s.st.MemberIDs(context.Background(), conversationID)
 }

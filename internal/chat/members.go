@@ -14,31 +14,39 @@ import (
 	"github.com/parley-chat/parley/protocol"
 )
 
-// memberCache keeps member lists for fan-out. It is bounded: past max entries it starts
-// over, which costs a store read per conversation and nothing else.
+// memberCache keeps member lists for fan-out, each with the version the store gave it
+// (store.MemberList). It is bounded: past max entries it starts over, which costs a store
+// read per conversation and nothing else.
+//
+// The versions make it right with several processes writing one database: every append
+// names the version it holds, and the store answers a stale one with the list in force when
+// the event was stored, read in the append's own transaction. So an event never goes to a
+// member another process removed, nor misses one it added.
 type memberCache struct {
 	mu  sync.RWMutex
 	max int
-	m   map[string][]string
+	m   map[string]store.MemberList
 }
 
 func newMemberCache(max int) *memberCache {
-	return &memberCache{max: max, m: make(map[string][]string)}
+	return &memberCache{max: max, m: make(map[string]store.MemberList)}
 }
 
-func (c *memberCache) get(id string) ([]string, bool) {
+func (c *memberCache) get(id string) (store.MemberList, bool) {
 	c.mu.RLock()
-	ids, ok := c.m[id]
+	l, ok := c.m[id]
 	c.mu.RUnlock()
-	return ids, ok
+	return l, ok
 }
 
-func (c *memberCache) put(id string, ids []string) {
+func (c *memberCache) put(id string, l store.MemberList) {
 	c.mu.Lock()
 	if len(c.m) >= c.max {
 		clear(c.m)
 	}
-	c.m[id] = ids
+	if old, ok := c.m[id]; !ok || old.Version <= l.Version {
+		c.m[id] = l
+	}
 	c.mu.Unlock()
 }
 

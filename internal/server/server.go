@@ -31,6 +31,7 @@ import (
 	"github.com/parley-chat/parley/internal/state/memstate"
 	"github.com/parley-chat/parley/internal/state/redisstate"
 	"github.com/parley-chat/parley/internal/store"
+	"github.com/parley-chat/parley/internal/store/postgres"
 	"github.com/parley-chat/parley/internal/store/sqlite"
 	"github.com/parley-chat/parley/web"
 )
@@ -40,7 +41,10 @@ type Config struct {
 	Listen string // address to listen on (default 127.0.0.1:8080)
 	Data   string // directory for the database, the bus's files and the signing key (default ./data)
 
-	NATSURL  string // external NATS; empty runs NATS in-process
+	// PostgresURL selects the PostgreSQL store (postgres://…), which many nodes can share;
+	// empty keeps the SQLite file under Data.
+	PostgresURL string
+	NATSURL     string // external NATS; empty runs NATS in-process
 	RedisURL string // Redis for soft state (presence, limits, tickets); empty keeps it in memory
 	// RedisPrefix starts every key Parley writes in Redis (default "parley:"), so that
 	// deployments or test runs can share one Redis.
@@ -49,7 +53,9 @@ type Config struct {
 	Chat    chat.Config
 	Gateway gateway.Config
 	// SQLite tunes the embedded store (its Log is set here).
-	SQLite   sqlite.Options
+	SQLite sqlite.Options
+	// Postgres tunes the PostgreSQL store (its Log is set here).
+	Postgres postgres.Options
 	API      api.Config
 	Presence presence.Config
 	// Limits are the abuse limits (zero fields: limit.Defaults).
@@ -113,14 +119,24 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	}()
 
 	start := time.Now()
-	cfg.SQLite.Log = log.With("component", "store")
-	st, err := sqlite.Open(ctx, filepath.Join(cfg.Data, "parley.db"), cfg.SQLite)
-	if err != nil {
-		return nil, fmt.Errorf("open store: %w", err)
+	if cfg.PostgresURL != "" {
+		cfg.Postgres.Log = log.With("component", "store")
+		st, err := postgres.Open(ctx, cfg.PostgresURL, cfg.Postgres)
+		if err != nil {
+			return nil, fmt.Errorf("open store: %w", err)
+		}
+		s.store = st
+		s.storeStats = func() any { return st.Stats() }
+	} else {
+		cfg.SQLite.Log = log.With("component", "store")
+		st, err := sqlite.Open(ctx, filepath.Join(cfg.Data, "parley.db"), cfg.SQLite)
+		if err != nil {
+			return nil, fmt.Errorf("open store: %w", err)
+		}
+		s.store = st
+		s.storeStats = func() any { return st.WALStats() }
 	}
-	s.store = st
-	s.storeStats = func() any { return st.WALStats() }
-	undo = append(undo, func() { _ = st.Close() })
+	undo = append(undo, func() { _ = s.store.Close() })
 
 	if cfg.NATSURL != "" {
 		s.bus, err = natsbus.Connect(ctx, cfg.NATSURL, log)
@@ -151,7 +167,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		return nil, err
 	}
 
-	s.chat, err = chat.New(st, s.bus, cfg.Chat, log.With("component", "chat"))
+	s.chat, err = chat.New(s.store, s.bus, cfg.Chat, log.With("component", "chat"))
 	if err != nil {
 		return nil, fmt.Errorf("start chat: %w", err)
 	}
@@ -160,7 +176,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	if cfg.Presence.TTL <= 0 && cfg.Gateway.Heartbeat > 0 {
 		cfg.Presence.TTL = 3 * cfg.Gateway.Heartbeat
 	}
-	s.pres = presence.New(cfg.Presence, s.state, st, s.bus, log.With("component", "presence"))
+	s.pres = presence.New(cfg.Presence, s.state, s.store, s.bus, log.With("component", "presence"))
 	undo = append(undo, s.pres.Close)
 
 	var softTimeout time.Duration
@@ -168,7 +184,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		softTimeout = 100 * time.Millisecond // a frame waits this long at most for Redis
 	}
 	lim := limit.New(cfg.Limits, s.state, softTimeout, log.With("component", "limit"))
-	a, err := api.New(cfg.API, st, s.chat, s.pres, s.state, lim, s.bus, key, log.With("component", "api"))
+	a, err := api.New(cfg.API, s.store, s.chat, s.pres, s.state, lim, s.bus, key, log.With("component", "api"))
 	if err != nil {
 		return nil, err
 	}
@@ -225,6 +241,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		log.Info("debug server", "listen", dln.Addr().String())
 	}
 	log.Info("parley started", "listen", s.ln.Addr().String(), "data", cfg.Data,
+		"store", map[bool]string{true: "postgres", false: "sqlite"}[cfg.PostgresURL != ""],
 		"bus", map[bool]string{true: "nats " + cfg.NATSURL, false: "embedded nats"}[cfg.NATSURL != ""],
 		"startup_ms", time.Since(start).Milliseconds())
 	return s, nil

@@ -159,6 +159,8 @@ type Conversations interface {
 	ConversationsOf(ctx context.Context, userID, cursor string, limit int) (cs []protocol.Conversation, next string, err error)
 	// MemberIDs returns the user IDs of the conversation's members, or ErrNotFound.
 	MemberIDs(ctx context.Context, id string) ([]string, error)
+	// Members returns the conversation's member list with its version, or ErrNotFound.
+	Members(ctx context.Context, id string) (MemberList, error)
 	// IsMember reports whether userID is a member of conversation id.
 	IsMember(ctx context.Context, id, userID string) (bool, error)
 }
@@ -171,15 +173,28 @@ type Conversations interface {
 type AppendRequest struct {
 	ConversationID string
 	SenderID       string
-	ClientID       string // the client's message id; unique per sender
-	Kind           string // protocol.KindText, ...
-	Body           string
-	ReplyTo        int64
-	TargetSeq      int64
-	Emoji          string
-	Remove         bool
-	Attachments    []byte // JSON, or nil
-	TS             int64
+	// ClientID is the client's message id: the dedupe key is (conversation, sender, client
+	// id). (SQLite enforces it across conversations too; PostgreSQL cannot on a table
+	// partitioned by conversation, and no client reuses an id in another conversation.)
+	ClientID    string
+	Kind        string // protocol.KindText, ...
+	Body        string
+	ReplyTo     int64
+	TargetSeq   int64
+	Emoji       string
+	Remove      bool
+	Attachments []byte // JSON, or nil
+	TS          int64
+	// MemberVersion is the version of the conversation's member list the caller holds (0:
+	// none). When it is not the current one, the result carries the current list.
+	MemberVersion int64
+}
+
+// MemberList is a conversation's members as of one point in its log, and the version that
+// names that list: it changes with every membership change and with nothing else.
+type MemberList struct {
+	Version int64
+	IDs     []string // in join order
 }
 
 // AppendResult answers one AppendRequest.
@@ -188,6 +203,11 @@ type AppendResult struct {
 	// same (sender, client id), with its original seq and ts.
 	Message   protocol.Message
 	Duplicate bool
+	// Members is the member list in force when Message was stored, read in the same
+	// transaction, for fan-out; set (on a new event) when the request's MemberVersion is not
+	// that list's version. A caller that caches member lists by version never sends an event
+	// to a removed member or misses a new one, whichever process changed the membership.
+	Members *MemberList
 	// Err is per request: ErrNotMember if the sender is not a member when the batch commits,
 	// ErrNotFound if an edit, delete or reaction has no valid target, or a reply_to is beyond
 	// the conversation's last seq. A failed request takes

@@ -41,9 +41,14 @@ func isUnique(err error) bool {
 	return errors.As(err, &pe) && pe.Code == "23505"
 }
 
+// wrap names the operation, and words an outage as store.ErrUnavailable (the original
+// error stays in the chain).
 func wrap(op string, err error) error {
 	if err == nil {
 		return nil
+	}
+	if unavailable(err) && !errors.Is(err, store.ErrUnavailable) {
+		return fmt.Errorf("postgres: %s: %w: %w", op, store.ErrUnavailable, err)
 	}
 	return fmt.Errorf("postgres: %s: %w", op, err)
 }
@@ -58,6 +63,10 @@ func notFound(op, what string, err error) error {
 
 // CreateUser implements store.Users.
 func (db *DB) CreateUser(ctx context.Context, u protocol.User, passwordHash string) error {
+	if err := db.enter("create user"); err != nil {
+		return err
+	}
+	defer db.leave()
 	_, err := db.pool.Exec(ctx, `INSERT INTO users (id, username, display_name, password_hash, created_ts)
 		VALUES ($1, $2, $3, $4, $5)`, u.ID, u.Username, u.DisplayName, passwordHash, u.CreatedTS)
 	if isUnique(err) {
@@ -68,6 +77,10 @@ func (db *DB) CreateUser(ctx context.Context, u protocol.User, passwordHash stri
 
 // UserByUsername implements store.Users.
 func (db *DB) UserByUsername(ctx context.Context, username string) (protocol.User, string, error) {
+	if err := db.enter("user by username"); err != nil {
+		return protocol.User{}, "", err
+	}
+	defer db.leave()
 	var u protocol.User
 	var hash string
 	err := db.pool.QueryRow(ctx, `SELECT `+userCols+`, password_hash FROM users WHERE username = $1`, username).
@@ -80,6 +93,10 @@ func (db *DB) UserByUsername(ctx context.Context, username string) (protocol.Use
 
 // UserByID implements store.Users.
 func (db *DB) UserByID(ctx context.Context, id string) (protocol.User, error) {
+	if err := db.enter("user by i d"); err != nil {
+		return protocol.User{}, err
+	}
+	defer db.leave()
 	u, err := scanUser(db.pool.QueryRow(ctx, `SELECT `+userCols+` FROM users WHERE id = $1`, id))
 	if err != nil {
 		return protocol.User{}, notFound("user by id", id, err)
@@ -89,12 +106,20 @@ func (db *DB) UserByID(ctx context.Context, id string) (protocol.User, error) {
 
 // UsersByID implements store.Users: one statement, the ids as one array parameter.
 func (db *DB) UsersByID(ctx context.Context, ids []string) ([]protocol.User, error) {
+	if err := db.enter("users by i d"); err != nil {
+		return nil, err
+	}
+	defer db.leave()
 	us, err := collectUsers(db.pool.Query(ctx, `SELECT `+userCols+` FROM users WHERE id = ANY($1)`, ids))
 	return us, wrap("users by id", err)
 }
 
 // SetDisplayName implements store.Users.
 func (db *DB) SetDisplayName(ctx context.Context, id, displayName string) (protocol.User, error) {
+	if err := db.enter("set display name"); err != nil {
+		return protocol.User{}, err
+	}
+	defer db.leave()
 	u, err := scanUser(db.pool.QueryRow(ctx,
 		`UPDATE users SET display_name = $1 WHERE id = $2 RETURNING `+userCols, displayName, id))
 	if err != nil {
@@ -106,6 +131,10 @@ func (db *DB) SetDisplayName(ctx context.Context, id, displayName string) (proto
 // SearchUsers implements store.Users: a range scan of the username index (COLLATE "C", so
 // that a prefix is a range of bytes, as on SQLite).
 func (db *DB) SearchUsers(ctx context.Context, prefix string, limit int) ([]protocol.User, error) {
+	if err := db.enter("search users"); err != nil {
+		return nil, err
+	}
+	defer db.leave()
 	if limit <= 0 {
 		limit = 50
 	}
@@ -125,6 +154,10 @@ func scanDevice(row pgx.Row, extra ...any) (store.Device, error) {
 
 // CreateDevice implements store.Devices.
 func (db *DB) CreateDevice(ctx context.Context, d store.Device) error {
+	if err := db.enter("create device"); err != nil {
+		return err
+	}
+	defer db.leave()
 	_, err := db.pool.Exec(ctx, `INSERT INTO devices (`+deviceCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7)`,
 		d.ID, d.UserID, d.Name, d.RefreshHash, d.RefreshExpiresTS, d.CreatedTS, d.RevokedTS)
 	if isUnique(err) {
@@ -135,6 +168,10 @@ func (db *DB) CreateDevice(ctx context.Context, d store.Device) error {
 
 // Device implements store.Devices.
 func (db *DB) Device(ctx context.Context, id string) (store.Device, error) {
+	if err := db.enter("device"); err != nil {
+		return store.Device{}, err
+	}
+	defer db.leave()
 	d, err := scanDevice(db.pool.QueryRow(ctx, `SELECT `+deviceCols+` FROM devices WHERE id = $1`, id))
 	if err != nil {
 		return store.Device{}, notFound("device", id, err)
@@ -144,6 +181,10 @@ func (db *DB) Device(ctx context.Context, id string) (store.Device, error) {
 
 // DeviceByRefreshHash implements store.Devices.
 func (db *DB) DeviceByRefreshHash(ctx context.Context, hash string) (store.Device, error) {
+	if err := db.enter("device by refresh hash"); err != nil {
+		return store.Device{}, err
+	}
+	defer db.leave()
 	d, err := scanDevice(db.pool.QueryRow(ctx,
 		`SELECT `+deviceCols+` FROM devices WHERE refresh_hash = $1 AND revoked_ts = 0 LIMIT 1`, hash))
 	if err != nil {
@@ -156,6 +197,10 @@ func (db *DB) DeviceByRefreshHash(ctx context.Context, hash string) (store.Devic
 // rotations of one old hash, the row lock lets one through and the others find the hash
 // changed (READ COMMITTED re-checks the WHERE on the updated row).
 func (db *DB) RotateRefresh(ctx context.Context, deviceID, oldHash, newHash string, expiresTS, nowTS int64) error {
+	if err := db.enter("rotate refresh"); err != nil {
+		return err
+	}
+	defer db.leave()
 	var n int64
 	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `UPDATE devices SET refresh_hash = $1, refresh_expires_ts = $2
@@ -187,6 +232,10 @@ func (db *DB) RotateRefresh(ctx context.Context, deviceID, oldHash, newHash stri
 
 // DeviceByRotatedRefresh implements store.Devices.
 func (db *DB) DeviceByRotatedRefresh(ctx context.Context, hash string) (store.Device, int64, error) {
+	if err := db.enter("device by rotated refresh"); err != nil {
+		return store.Device{}, 0, err
+	}
+	defer db.leave()
 	var rotated int64
 	d, err := scanDevice(db.pool.QueryRow(ctx, `SELECT d.id, d.user_id, d.name, d.refresh_hash, d.refresh_expires_ts,
 			d.created_ts, d.revoked_ts, r.rotated_ts
@@ -199,6 +248,10 @@ func (db *DB) DeviceByRotatedRefresh(ctx context.Context, hash string) (store.De
 
 // DevicesOf implements store.Devices.
 func (db *DB) DevicesOf(ctx context.Context, userID string) ([]store.Device, error) {
+	if err := db.enter("devices of"); err != nil {
+		return nil, err
+	}
+	defer db.leave()
 	rows, err := db.pool.Query(ctx, `SELECT `+deviceCols+` FROM devices
 		WHERE user_id = $1 AND revoked_ts = 0 ORDER BY created_ts, id`, userID)
 	if err != nil {
@@ -210,6 +263,10 @@ func (db *DB) DevicesOf(ctx context.Context, userID string) ([]store.Device, err
 
 // RevokeDevice implements store.Devices. A second revocation keeps the first one's ts.
 func (db *DB) RevokeDevice(ctx context.Context, deviceID string, ts int64) error {
+	if err := db.enter("revoke device"); err != nil {
+		return err
+	}
+	defer db.leave()
 	var found bool
 	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
 		if err := tx.QueryRow(ctx, `SELECT true FROM devices WHERE id = $1`, deviceID).Scan(&found); err != nil {
@@ -235,6 +292,10 @@ func (db *DB) RevokeDevice(ctx context.Context, deviceID string, ts int64) error
 
 // PutContact implements store.Contacts.
 func (db *DB) PutContact(ctx context.Context, userID, contactID string, ts int64) error {
+	if err := db.enter("put contact"); err != nil {
+		return err
+	}
+	defer db.leave()
 	tag, err := db.pool.Exec(ctx, `INSERT INTO contacts (user_id, contact_id, created_ts)
 		SELECT $1, id, $3 FROM users WHERE id = $2
 		ON CONFLICT DO NOTHING`, userID, contactID, ts)
@@ -255,12 +316,20 @@ func (db *DB) PutContact(ctx context.Context, userID, contactID string, ts int64
 
 // DeleteContact implements store.Contacts.
 func (db *DB) DeleteContact(ctx context.Context, userID, contactID string) error {
+	if err := db.enter("delete contact"); err != nil {
+		return err
+	}
+	defer db.leave()
 	_, err := db.pool.Exec(ctx, `DELETE FROM contacts WHERE user_id = $1 AND contact_id = $2`, userID, contactID)
 	return wrap("delete contact", err)
 }
 
 // ContactsOf implements store.Contacts.
 func (db *DB) ContactsOf(ctx context.Context, userID string) ([]protocol.User, error) {
+	if err := db.enter("contacts of"); err != nil {
+		return nil, err
+	}
+	defer db.leave()
 	us, err := collectUsers(db.pool.Query(ctx, `SELECT u.id, u.username, u.display_name, u.created_ts
 		FROM contacts c JOIN users u ON u.id = c.contact_id
 		WHERE c.user_id = $1 ORDER BY u.username`, userID))

@@ -1,8 +1,3 @@
-// Package postgres will be Parley's scale-out store.Store on PostgreSQL (issue 14): many
-// Parley processes sharing one database. Built so far: opening a pool and applying the
-// embedded, versioned migrations exactly once however many processes start at the same
-// moment. docs/architecture.md ("PostgreSQL with many writers: the plan") has the design of
-// what comes next.
 package postgres
 
 import (
@@ -116,55 +111,3 @@ func migrate(ctx context.Context, pool *pgxpool.Pool, ms []migration, log *slog.
 	}
 	return applied, nil
 }
-
-// Options tune the store. Zero fields take the defaults.
-type Options struct {
-	Log *slog.Logger // default: discard
-}
-
-// DB is an open PostgreSQL database with Parley's schema applied.
-type DB struct {
-	pool    *pgxpool.Pool
-	applied int // migrations this Open applied (tests check that others found none)
-}
-
-// Open connects to url (postgres://…), checks that commits are durable, and brings the
-// schema up to date.
-func Open(ctx context.Context, url string, opts Options) (*DB, error) {
-	log := opts.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	cfg, err := pgxpool.ParseConfig(url)
-	if err != nil {
-		return nil, fmt.Errorf("postgres: %w", err)
-	}
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("postgres: %w", err)
-	}
-	// An ack means on disk: a server configured to commit asynchronously would break that.
-	var sc string
-	if err := pool.QueryRow(ctx, `SHOW synchronous_commit`).Scan(&sc); err != nil {
-		pool.Close()
-		return nil, fmt.Errorf("postgres: %w", err)
-	}
-	if sc == "off" {
-		pool.Close()
-		return nil, fmt.Errorf("postgres: synchronous_commit is %q: an acknowledged message could be lost; set it to on", sc)
-	}
-	ms, err := loadMigrations(migrationFiles)
-	if err != nil {
-		pool.Close()
-		return nil, fmt.Errorf("postgres: %w", err)
-	}
-	applied, err := migrate(ctx, pool, ms, log)
-	if err != nil {
-		pool.Close()
-		return nil, fmt.Errorf("postgres: %w", err)
-	}
-	return &DB{pool: pool, applied: applied}, nil
-}
-
-// Close releases the pool.
-func (db *DB) Close() { db.pool.Close() }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/parley-chat/parley/internal/store"
 	"github.com/parley-chat/parley/internal/store/storetest"
 )
 
@@ -149,15 +150,26 @@ func TestMigrationErrors(t *testing.T) {
 
 func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
-// TestAccountsConformance runs the accounts part of the store suite, the part this store has
-// so far, each case on a database of its own.
-func TestAccountsConformance(t *testing.T) {
-	storetest.RunAccounts(t, func(t *testing.T) storetest.Accounts {
-		db, err := Open(t.Context(), testDB(t), Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(db.Close)
-		return db
+// openTest opens a store on a database of the test's own.
+func openTest(t *testing.T, url string) *DB {
+	t.Helper()
+	db, err := Open(t.Context(), url, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	return db
+}
+
+// TestConformance runs the whole store suite, each case on a database of its own.
+func TestConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) store.Store { return openTest(t, testDB(t)) })
+}
+
+// TestSharedConformance: two DBs (two processes' pools) on one database.
+func TestSharedConformance(t *testing.T) {
+	storetest.RunShared(t, func(t *testing.T) (store.Store, store.Store) {
+		url := testDB(t)
+		return openTest(t, url), openTest(t, url)
 	})
 }

@@ -445,7 +445,8 @@ func (s *Store) ChangeMembership(ctx context.Context, id string, ts int64, fn st
 		if err := s.insertSystem(ctx, tx, msg); err != nil {
 			return err
 		}
-		_, err = s.wtx(tx).ExecContext(ctx, `UPDATE heads SET last_seq = ?, updated_ts = ?, version = ? WHERE num = ?`,
+		_, err = s.wtx(tx).ExecContext(ctx, `UPDATE heads SET last_seq = ?, updated_ts = ?, version = ?,
+			member_version = member_version + 1 WHERE num = ?`,
 			seq, ts, v, num)
 		return err
 	})
@@ -585,6 +586,39 @@ func (s *Store) MemberIDs(ctx context.Context, id string) ([]string, error) {
 		return nil, wrap(op, err)
 	}
 	return ids, nil
+}
+
+// Members implements store.Conversations.
+func (s *Store) Members(ctx context.Context, id string) (store.MemberList, error) {
+	const op = "members"
+	if err := s.enter(op); err != nil {
+		return store.MemberList{}, err
+	}
+	defer s.leave()
+	var l store.MemberList
+	err := s.read(ctx, func(tx *sql.Tx) error {
+		err := s.rtx(tx).QueryRowContext(ctx, `SELECT h.member_version FROM conversations c JOIN heads h ON h.num = c.num
+			WHERE c.id = ?`, id).Scan(&l.Version)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("conversation %q: %w", id, store.ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		ms, err := s.rv.membersOf(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		l.IDs = make([]string, len(ms))
+		for i, m := range ms {
+			l.IDs[i] = m.UserID
+		}
+		return nil
+	})
+	if err != nil {
+		return store.MemberList{}, wrap(op, err)
+	}
+	return l, nil
 }
 
 // IsMember implements store.Conversations.

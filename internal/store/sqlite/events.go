@@ -23,6 +23,7 @@ var errNothingStored = errors.New("nothing stored")
 type head struct {
 	num                             int64 // the conversation's number: its key in the log
 	lastSeq, lastTextSeq, updatedTS int64
+	memberVersion                   int64
 	touched                         bool
 }
 
@@ -42,6 +43,7 @@ type batch struct {
 	members map[memberKey]bool
 	heads   map[string]*head
 	order   []string // conversations in the order the batch first touched them
+	lists   map[string]*store.MemberList
 	stored  int
 }
 
@@ -232,7 +234,13 @@ func (b *batch) append(r store.AppendRequest) (store.AppendResult, error) {
 	h.updatedTS = r.TS
 	h.touched = true
 	b.stored++
-	return store.AppendResult{Message: protocol.Message{
+	var members *store.MemberList
+	if r.MemberVersion != h.memberVersion {
+		if members, err = b.memberList(r.ConversationID, h.memberVersion); err != nil {
+			return store.AppendResult{}, err
+		}
+	}
+	return store.AppendResult{Members: members, Message: protocol.Message{
 		ConversationID: r.ConversationID,
 		Seq:            seq,
 		ID:             r.ClientID,
@@ -313,12 +321,32 @@ func (b *batch) head(conv string) (*head, error) {
 	h := &head{}
 	if cached, ok := b.s.hot.head(conv); ok {
 		*h = cached
-	} else if err := b.w.head.QueryRowContext(b.ctx, conv).Scan(&h.num, &h.lastSeq, &h.lastTextSeq, &h.updatedTS); err != nil {
+	} else if err := b.w.head.QueryRowContext(b.ctx, conv).Scan(&h.num, &h.lastSeq, &h.lastTextSeq, &h.updatedTS, &h.memberVersion); err != nil {
 		return nil, fmt.Errorf("conversation %q: %w", conv, err)
 	}
 	b.heads[conv] = h
 	b.order = append(b.order, conv)
 	return h, nil
+}
+
+// memberList returns the conversation's member list, read once per batch.
+func (b *batch) memberList(conv string, version int64) (*store.MemberList, error) {
+	if l, ok := b.lists[conv]; ok {
+		return l, nil
+	}
+	ms, err := b.s.wv.membersOf(b.ctx, b.tx, conv)
+	if err != nil {
+		return nil, err
+	}
+	l := &store.MemberList{Version: version, IDs: make([]string, len(ms))}
+	for i, m := range ms {
+		l.IDs[i] = m.UserID
+	}
+	if b.lists == nil {
+		b.lists = make(map[string]*store.MemberList)
+	}
+	b.lists[conv] = l
+	return l, nil
 }
 
 // validTarget reports whether seq is a text message of the conversation numbered conv that

@@ -46,7 +46,7 @@ func (w *writeStmts) list() []stmtDef {
 		{&w.dedupe, `SELECT c.id, m.seq FROM messages m JOIN conversations c ON c.num = m.conv
 			WHERE m.sender_id = ? AND m.client_id = ?`},
 		{&w.member, `SELECT EXISTS (SELECT 1 FROM members WHERE conversation_id = ? AND user_id = ?)`},
-		{&w.head, `SELECT h.num, h.last_seq, h.last_text_seq, h.updated_ts
+		{&w.head, `SELECT h.num, h.last_seq, h.last_text_seq, h.updated_ts, h.member_version
 			FROM conversations c JOIN heads h ON h.num = c.num WHERE c.id = ?`},
 		// The dedupe key is the conflict target: a text append that finds its (sender, client
 		// id) stored inserts nothing, and RowsAffected tells the batch so, in one statement.

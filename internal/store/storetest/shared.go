@@ -2,6 +2,7 @@ package storetest
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 
@@ -19,6 +20,8 @@ func RunShared(t *testing.T, open func(t *testing.T) (a, b store.Store)) {
 	}{
 		{"Shared/AppendsGapless", testSharedAppends},
 		{"Shared/RemovedMemberRefused", testSharedRemovedMember},
+		{"Shared/MemberListFromOtherHandle", testSharedMemberList},
+		{"Shared/SyncWhileWriting", testSharedSyncWhileWriting},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -117,5 +120,162 @@ func testSharedRemovedMember(t *testing.T, a, b store.Store) {
 	m := appendOK(t, b, text("g1", "u1", "next", "x", ts0+3))
 	if want := int64(len(history(t, a, "g1", "u1"))); m.Seq != want {
 		t.Fatalf("next seq through b = %d, want %d", m.Seq, want)
+	}
+}
+
+// testSharedMemberList: a member list cached by version (chat's fan-out cache) is corrected
+// by the append itself when another handle changed the membership: the result carries the
+// list in force when the event was stored. Fails on a store that answers from what the
+// handle remembers (checked: with the SQLite hot cache trusted without its data_version
+// check, the append through b does not even see the change, and reuses its seq).
+func testSharedMemberList(t *testing.T, a, b store.Store) {
+	mkUsers(t, a, "u1", "u2", "u3")
+	mkGroup(t, a, "g1", "u1", "u2")
+	r := appendAll(t, b, text("g1", "u1", "m1", "x", ts0))[0]
+	if r.Err != nil || r.Members == nil {
+		t.Fatalf("first append through b = %+v, want the member list", r)
+	}
+	v := r.Members.Version
+	r = appendAll(t, b, withVersion(text("g1", "u1", "m2", "x", ts0), v))[0]
+	if r.Err != nil || r.Members != nil {
+		t.Fatalf("append with the current version = %+v, want no list", r)
+	}
+	if _, err := a.ChangeMembership(t.Context(), "g1", ts0+1, func(protocol.Conversation) (store.MemberChange, error) {
+		return store.MemberChange{Add: []protocol.Member{{UserID: "u3", Role: protocol.RoleMember}}, ActorID: "u1",
+			Event: protocol.SystemEvent{Action: protocol.SysMembersAdded, ActorID: "u1", UserIDs: []string{"u3"}}}, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	r = appendAll(t, b, withVersion(text("g1", "u1", "m3", "x", ts0+2), v))[0]
+	if r.Err != nil || r.Members == nil || r.Members.Version == v || !slices.Contains(r.Members.IDs, "u3") {
+		t.Fatalf("append through b after u3 was added through a = %+v, want the new list with u3", r)
+	}
+	l, err := b.Members(t.Context(), "g1")
+	if err != nil || l.Version != r.Members.Version || !slices.Equal(l.IDs, r.Members.IDs) {
+		t.Fatalf("Members(g1) = %+v, %v; want %+v", l, err, *r.Members)
+	}
+}
+
+func withVersion(r store.AppendRequest, v int64) store.AppendRequest {
+	r.MemberVersion = v
+	return r
+}
+
+// testSharedSyncWhileWriting: while both handles append, move cursors and change membership,
+// a user syncs through one of them with each token it is given; once the writers stop, one
+// more sync from the last token must leave the user with every conversation's final state.
+// Fails on a store whose token is the largest change position it has seen (checked on the
+// PostgreSQL store with the horizon taken away: a batch that took its position before a
+// later one but committed after the sync had passed it was never reported, and the user's
+// view of a conversation stayed behind its log).
+func testSharedSyncWhileWriting(t *testing.T, a, b store.Store) {
+	ctx := t.Context()
+	mkUsers(t, a, "u1", "u2", "u3")
+	convs := []string{"c0", "c1", "c2", "c3"}
+	for _, c := range convs {
+		mkGroup(t, a, c, "u1", "u2")
+	}
+	const rounds = 40
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	stop := make(chan struct{})
+	for h, s := range []store.Store{a, b} {
+		for w := range 2 {
+			wg.Go(func() {
+				sender := []string{"u1", "u2"}[w]
+				for i := range rounds {
+					var reqs []store.AppendRequest
+					for j := range 3 {
+						c := convs[(i+j+h)%len(convs)]
+						reqs = append(reqs, text(c, sender, fmt.Sprintf("h%d-w%d-%d-%d", h, w, i, j), "x", ts0+int64(i)))
+					}
+					rs, err := s.Append(ctx, reqs)
+					if err == nil {
+						for _, r := range rs {
+							if r.Err != nil {
+								err = r.Err
+							}
+						}
+					}
+					if err == nil && w == 1 {
+						_, err = s.SetCursors(ctx, []store.CursorUpdate{{ConversationID: convs[i%len(convs)], UserID: "u1",
+							Status: "read", Seq: rs[0].Message.Seq, TS: ts0 + int64(i)}})
+					}
+					if err != nil {
+						errs <- fmt.Errorf("handle %d writer %d: %w", h, w, err)
+						return
+					}
+				}
+			})
+		}
+	}
+	wg.Go(func() { // u3 joins and leaves c3 through a, over and over
+		for i := range rounds / 4 {
+			ch := store.MemberChange{Add: []protocol.Member{{UserID: "u3"}}, ActorID: "u1",
+				Event: protocol.SystemEvent{Action: protocol.SysMembersAdded, ActorID: "u1", UserIDs: []string{"u3"}}}
+			if i%2 == 1 {
+				ch = store.MemberChange{Remove: []string{"u3"}, ActorID: "u1",
+					Event: protocol.SystemEvent{Action: protocol.SysMemberRemoved, ActorID: "u1", UserIDs: []string{"u3"}}}
+			}
+			if _, err := a.ChangeMembership(ctx, "c3", ts0, func(protocol.Conversation) (store.MemberChange, error) { return ch, nil }); err != nil {
+				errs <- err
+				return
+			}
+		}
+	})
+	seen := map[string]protocol.Conversation{}
+	token := ""
+	syncAll := func() error {
+		for pages := 0; pages < 1000; pages++ {
+			cs, next, more, err := a.Sync(ctx, "u1", token, 2)
+			if err != nil {
+				return err
+			}
+			for _, c := range cs {
+				seen[c.ID] = c
+			}
+			token = next
+			if !more {
+				return nil
+			}
+		}
+		return fmt.Errorf("sync does not end")
+	}
+	var readerErr error
+	reader := make(chan struct{})
+	go func() {
+		defer close(reader)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if err := syncAll(); err != nil {
+				readerErr = err
+				return
+			}
+		}
+	}()
+	wg.Wait()
+	close(stop)
+	<-reader
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if readerErr != nil {
+		t.Fatal(readerErr)
+	}
+	if err := syncAll(); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range convs {
+		want := conv(t, b, id, "u1")
+		got, ok := seen[id]
+		if !ok || got.LastSeq != want.LastSeq || got.LastReadSeq != want.LastReadSeq || len(got.Members) != len(want.Members) {
+			t.Errorf("%s: synced LastSeq %d, read %d, %d members; the store has %d, %d, %d",
+				id, got.LastSeq, got.LastReadSeq, len(got.Members), want.LastSeq, want.LastReadSeq, len(want.Members))
+		}
 	}
 }

@@ -1342,8 +1342,10 @@ func testSync(t *testing.T, s store.Store) {
 	if !slices.Equal(ids, []string{"d1", "d2", "g1"}) {
 		t.Fatalf("Sync(a, 0) = %v, want all of a's conversations", ids)
 	}
-	if ids, n, _ := syncIDs("a", n0); len(ids) != 0 || n != n0 {
-		t.Fatalf("Sync(a, next) with no change = %v, %s; want nothing, %s", ids, n, n0)
+	// With no change, nothing. (The token may still move: on PostgreSQL it is a horizon of
+	// the whole cluster's transactions.)
+	if ids, _, _ := syncIDs("a", n0); len(ids) != 0 {
+		t.Fatalf("Sync(a, next) with no change = %v, want nothing", ids)
 	}
 
 	appendOK(t, s, text("d2", "c", "m1", "hi a", ts0+1))
@@ -1396,10 +1398,11 @@ func testSync(t *testing.T, s store.Store) {
 	if !slices.Equal(ids, []string{"d2", "d3", "g1"}) || n4 == n3 {
 		t.Fatalf("Sync(c, \"\") = %v, %s", ids, n4)
 	}
-	// Nothing changes: duplicates and failures move no token.
+	// Nothing changes: duplicates and failures are no change.
+	_, n5, _ := syncIDs("a", n4)
 	appendAll(t, s, text("d2", "c", "m1", "hi a", ts0+1), text("d1", "c", "m9", "x", ts0))
-	if ids, n, _ := syncIDs("a", n4); len(ids) != 0 || n != n4 {
-		t.Fatalf("Sync after a duplicate and a failure = %v, %s; want nothing, %s", ids, n, n4)
+	if ids, _, _ := syncIDs("a", n5); len(ids) != 0 {
+		t.Fatalf("Sync after a duplicate and a failure = %v, want nothing", ids)
 	}
 }
 
