@@ -45,7 +45,7 @@ type Config struct {
 	// empty keeps the SQLite file under Data.
 	PostgresURL string
 	NATSURL     string // external NATS; empty runs NATS in-process
-	RedisURL string // Redis for soft state (presence, limits, tickets); empty keeps it in memory
+	RedisURL    string // Redis for soft state (presence, limits, tickets); empty keeps it in memory
 	// RedisPrefix starts every key Parley writes in Redis (default "parley:"), so that
 	// deployments or test runs can share one Redis.
 	RedisPrefix string
