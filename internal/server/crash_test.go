@@ -17,6 +17,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/parley-chat/parley/internal/loadgen"
+	"github.com/parley-chat/parley/internal/store/postgres/pgtest"
 	"github.com/parley-chat/parley/protocol"
 )
 
@@ -85,14 +86,17 @@ func TestCrashKeepsAckedMessages(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name     string
-		args     []string
+		args     func(t *testing.T) []string
 		restarts int64 // WAL restarts to see before the kill
 	}{
-		{"defaults", nil, 0},
-		{"WAL restarting", []string{"--sqlite-wal-restart-bytes", "65536", "--sqlite-checkpoint-interval", "2ms",
-			"--debug-listen", "127.0.0.1:0"}, 5},
+		{"defaults", func(*testing.T) []string { return nil }, 0},
+		{"WAL restarting", func(*testing.T) []string {
+			return []string{"--sqlite-wal-restart-bytes", "65536", "--sqlite-checkpoint-interval", "2ms",
+				"--debug-listen", "127.0.0.1:0"}
+		}, 5},
+		{"postgres", func(t *testing.T) []string { return []string{"--postgres-url", pgtest.URL(t)} }, 0},
 	} {
-		t.Run(tc.name, func(t *testing.T) { testCrashKeepsAckedMessages(t, tc.args, tc.restarts) })
+		t.Run(tc.name, func(t *testing.T) { testCrashKeepsAckedMessages(t, tc.args(t), tc.restarts) })
 	}
 }
 

@@ -1,70 +1,19 @@
 package postgres
 
 import (
-	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"log/slog"
-	"net/url"
-	"os"
 	"sync"
 	"testing"
 	"testing/fstest"
-	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/parley-chat/parley/internal/store"
+	"github.com/parley-chat/parley/internal/store/postgres/pgtest"
 	"github.com/parley-chat/parley/internal/store/storetest"
 )
 
-// testDB creates a database of this test's own on the PostgreSQL of the scale-out tests
-// (PARLEY_TEST_POSTGRES_URL, default postgres://postgres@127.0.0.1:5432) and drops it when
-// the test ends. With no server it skips, unless PARLEY_TEST_REQUIRE_SERVICES=1 (CI), where
-// it fails.
-func testDB(t *testing.T) string {
-	t.Helper()
-	base := os.Getenv("PARLEY_TEST_POSTGRES_URL")
-	if base == "" {
-		base = "postgres://postgres@127.0.0.1:5432"
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	admin, err := pgx.Connect(ctx, base+"/postgres")
-	if err != nil {
-		if os.Getenv("PARLEY_TEST_REQUIRE_SERVICES") == "1" {
-			t.Fatalf("PostgreSQL at %s (PARLEY_TEST_POSTGRES_URL) unreachable and PARLEY_TEST_REQUIRE_SERVICES=1: %v", base, err)
-		}
-		t.Skipf("skipping: no PostgreSQL at %s (set PARLEY_TEST_POSTGRES_URL, or PARLEY_TEST_REQUIRE_SERVICES=1 to fail instead): %v", base, err)
-	}
-	defer admin.Close(context.Background())
-	var r [6]byte
-	_, _ = rand.Read(r[:])
-	name := "parley_test_" + hex.EncodeToString(r[:])
-	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		t.Fatalf("create database: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		c, err := pgx.Connect(ctx, base+"/postgres")
-		if err != nil {
-			t.Errorf("drop database %s: %v", name, err)
-			return
-		}
-		defer c.Close(ctx)
-		if _, err := c.Exec(ctx, "DROP DATABASE "+name+" WITH (FORCE)"); err != nil {
-			t.Errorf("drop database %s: %v", name, err)
-		}
-	})
-	u, err := url.Parse(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Path = "/" + name
-	return u.String()
-}
+// testDB creates a database of this test's own (pgtest.URL).
+func testDB(t *testing.T) string { return pgtest.URL(t) }
 
 // TestMigrateOnce: three processes starting at once on an empty database migrate it once
 // between them (the advisory lock); a later start applies nothing; every table is there.
