@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"sort"
 	"strconv"
 	"strings"
@@ -219,7 +220,7 @@ func (s *Store) CreateDirect(ctx context.Context, id, a, b string, ts int64) (pr
 				users = users[:1]
 			}
 			for _, u := range users {
-				if err := s.insertMember(ctx, tx, id, protocol.Member{UserID: u, Role: protocol.RoleMember}, ts, 0, v); err != nil {
+				if err := s.insertMember(ctx, tx, id, protocol.Member{UserID: u, Role: protocol.RoleMember}, ts, 0, v, ts); err != nil {
 					return err
 				}
 			}
@@ -250,21 +251,22 @@ func (s *Store) insertConversation(ctx context.Context, tx *sql.Tx, id, typ, nam
 	if err != nil {
 		return err
 	}
-	_, err = s.wtx(tx).ExecContext(ctx, `INSERT INTO heads (num, last_seq, last_text_seq, updated_ts, version)
-		VALUES (?, ?, 0, ?, ?)`, num, lastSeq, ts, version)
+	_, err = s.wtx(tx).ExecContext(ctx, `INSERT INTO heads (num, last_seq, last_text_seq, updated_ts, version, spread_v, spread_ts)
+		VALUES (?, ?, 0, ?, ?, ?, ?)`, num, lastSeq, ts, version, version, ts)
 	return err
 }
 
 // insertMember adds m to the conversation unless it is a member already, with both receipt
 // cursors at cursor (a member joins having seen the log up to the event that added them).
-func (s *Store) insertMember(ctx context.Context, tx *sql.Tx, convID string, m protocol.Member, ts, cursor, version int64) error {
+// actTS is what the conversation's members hold as act_ts (heads.spread_ts).
+func (s *Store) insertMember(ctx context.Context, tx *sql.Tx, convID string, m protocol.Member, ts, cursor, version, actTS int64) error {
 	if m.Role == "" {
 		m.Role = protocol.RoleMember
 	}
 	_, err := s.wtx(tx).ExecContext(ctx, `INSERT INTO members
-		(conversation_id, user_id, role, joined_ts, last_read_seq, last_delivered_seq, version)
-		VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
-		convID, m.UserID, m.Role, ts, cursor, cursor, version)
+		(conversation_id, user_id, role, joined_ts, last_read_seq, last_delivered_seq, version, sync_v, act_ts)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
+		convID, m.UserID, m.Role, ts, cursor, cursor, version, version, actTS)
 	if err != nil {
 		return err
 	}
@@ -344,7 +346,7 @@ func (s *Store) CreateGroup(ctx context.Context, c protocol.Conversation, creato
 			return err
 		}
 		for _, m := range members {
-			if err := s.insertMember(ctx, tx, c.ID, m, ts, 1, v); err != nil {
+			if err := s.insertMember(ctx, tx, c.ID, m, ts, 1, v, ts); err != nil {
 				return err
 			}
 		}
@@ -379,10 +381,11 @@ func (s *Store) ChangeMembership(ctx context.Context, id string, ts int64, fn st
 	err := s.write(ctx, func(tx *sql.Tx) error {
 		var c protocol.Conversation
 		var lastText, num int64
+		var h head
 		err := s.wtx(tx).QueryRowContext(ctx, `SELECT c.id, c.type, c.name, h.last_seq, h.last_text_seq, c.created_ts,
-			h.updated_ts, c.num
+			h.updated_ts, c.num, h.spread_v, h.spread_ts
 			FROM conversations c JOIN heads h ON h.num = c.num WHERE c.id = ?`, id).
-			Scan(&c.ID, &c.Type, &c.Name, &c.LastSeq, &lastText, &c.CreatedTS, &c.UpdatedTS, &num)
+			Scan(&c.ID, &c.Type, &c.Name, &c.LastSeq, &lastText, &c.CreatedTS, &c.UpdatedTS, &num, &h.spreadV, &h.spreadTS)
 		if errors.Is(err, sql.ErrNoRows) {
 			return fmt.Errorf("conversation %q: %w", id, store.ErrNotFound)
 		}
@@ -403,6 +406,7 @@ func (s *Store) ChangeMembership(ctx context.Context, id string, ts int64, fn st
 			return err
 		}
 		seq := c.LastSeq + 1
+		spread := s.spreadTo(&h, v, ts)
 		for _, u := range ch.Remove {
 			if _, err := s.wtx(tx).ExecContext(ctx, `DELETE FROM members WHERE conversation_id = ? AND user_id = ?`, id, u); err != nil {
 				return err
@@ -413,13 +417,13 @@ func (s *Store) ChangeMembership(ctx context.Context, id string, ts int64, fn st
 			}
 		}
 		for _, m := range ch.Add {
-			if err := s.insertMember(ctx, tx, id, m, ts, seq, v); err != nil {
+			if err := s.insertMember(ctx, tx, id, m, ts, seq, v, h.spreadTS); err != nil {
 				return err
 			}
 		}
 		for _, m := range ch.SetRole {
-			if _, err := s.wtx(tx).ExecContext(ctx, `UPDATE members SET role = ?, version = ?
-				WHERE conversation_id = ? AND user_id = ?`, m.Role, v, id, m.UserID); err != nil {
+			if _, err := s.wtx(tx).ExecContext(ctx, `UPDATE members SET role = ?, version = ?, sync_v = max(sync_v, ?)
+				WHERE conversation_id = ? AND user_id = ?`, m.Role, v, v, id, m.UserID); err != nil {
 				return err
 			}
 		}
@@ -445,9 +449,15 @@ func (s *Store) ChangeMembership(ctx context.Context, id string, ts int64, fn st
 		if err := s.insertSystem(ctx, tx, msg); err != nil {
 			return err
 		}
-		_, err = s.wtx(tx).ExecContext(ctx, `UPDATE heads SET last_seq = ?, updated_ts = ?, version = ?,
-			member_version = member_version + 1 WHERE num = ?`,
-			seq, ts, v, num)
+		if _, err := s.wtx(tx).ExecContext(ctx, `UPDATE heads SET last_seq = ?, updated_ts = ?, version = ?,
+			member_version = member_version + 1, spread_v = ?, spread_ts = ? WHERE num = ?`,
+			seq, ts, v, h.spreadV, h.spreadTS, num); err != nil {
+			return err
+		}
+		if spread {
+			_, err = s.wtx(tx).ExecContext(ctx, `UPDATE members SET sync_v = max(sync_v, ?), act_ts = ? WHERE conversation_id = ?`,
+				h.spreadV, h.spreadTS, id)
+		}
 		return err
 	})
 	if fnErr != nil {
@@ -481,38 +491,86 @@ func (s *Store) Conversation(ctx context.Context, id, userID string) (protocol.C
 // ConversationsOf implements store.Conversations: ordered by updated_ts (the last event's ts)
 // descending, then id descending; the cursor is the (updated_ts, id) of the last conversation
 // of the previous page, base64-encoded.
+//
+// members_activity orders a user's memberships by act_ts, a copy of each conversation's
+// updated_ts that is spread again only when updated_ts leaves [act_ts, act_ts + window)
+// (migrations/0007_spread.sql). The page reads that index downwards, in chunks, until its
+// last conversation is a window above the last entry read: it reads the page and the
+// entries within one window of its end, however many memberships the user has.
 func (s *Store) ConversationsOf(ctx context.Context, userID, cursor string, limit int) ([]protocol.Conversation, string, error) {
 	const op = "conversations of"
-	if err := s.enter(op); err != nil {
-		return nil, "", err
-	}
-	defer s.leave()
 	limit = limitOrDefault(limit)
-	q := convSelect + ` WHERE m.user_id = ?`
-	args := []any{userID}
+	curTS, curID := int64(math.MaxInt64), ""
 	if cursor != "" {
 		ts, id, err := decodeCursor(cursor)
 		if err != nil {
 			return nil, "", fmt.Errorf("sqlite: %s: %w", op, err)
 		}
-		q += ` AND (h.updated_ts, c.id) < (?, ?)`
-		args = append(args, ts, id)
+		curTS, curID = ts, id
 	}
-	q += ` ORDER BY h.updated_ts DESC, c.id DESC LIMIT ?`
-	args = append(args, limit+1)
-
+	if err := s.enter(op); err != nil {
+		return nil, "", err
+	}
+	defer s.leave()
+	type cand struct {
+		ts int64
+		id string
+	}
+	// before reports whether a comes first in the list.
+	before := func(a, b cand) bool { return a.ts > b.ts || (a.ts == b.ts && a.id > b.id) }
+	window := s.windowMS()
 	var cs []protocol.Conversation
 	var next string
 	err := s.read(ctx, func(tx *sql.Tx) error {
-		rs, err := s.queryConvRows(ctx, tx, q, args...)
-		if err != nil {
-			return err
+		var found []cand
+		act, actID := curTS, "\U0010FFFF" // entries above the cursor's ts cannot be below it
+		chunk := limit + 1
+		for {
+			rows, err := s.rtx(tx).QueryContext(ctx, `SELECT m.act_ts, m.conversation_id, h.updated_ts
+				FROM members m JOIN conversations c ON c.id = m.conversation_id JOIN heads h ON h.num = c.num
+				WHERE m.user_id = ? AND (m.act_ts, m.conversation_id) < (?, ?)
+				ORDER BY m.act_ts DESC, m.conversation_id DESC LIMIT ?`, userID, act, actID, chunk)
+			if err != nil {
+				return err
+			}
+			n := 0
+			for rows.Next() {
+				var c cand
+				if err := rows.Scan(&act, &actID, &c.ts); err != nil {
+					rows.Close()
+					return err
+				}
+				n++
+				c.id = actID
+				if cursor == "" || before(cand{curTS, curID}, c) {
+					found = append(found, c)
+				}
+			}
+			if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+				return err
+			}
+			sort.Slice(found, func(i, j int) bool { return before(found[i], found[j]) })
+			if len(found) > limit+1 {
+				found = found[:limit+1]
+			}
+			if n < chunk || (len(found) == limit+1 && found[limit].ts >= act+window) {
+				break
+			}
+			chunk = min(2*chunk, 1000)
 		}
-		if len(rs) > limit {
-			rs = rs[:limit]
-			last := rs[len(rs)-1].c
-			next = encodeCursor(last.UpdatedTS, last.ID)
+		if len(found) > limit {
+			found = found[:limit]
+			next = encodeCursor(found[limit-1].ts, found[limit-1].id)
 		}
+		rs := make([]convRow, 0, len(found))
+		for _, c := range found {
+			r, err := scanConvRow(tx.StmtContext(ctx, s.rv.conv).QueryRowContext(ctx, c.id, userID))
+			if err != nil {
+				return err
+			}
+			rs = append(rs, r)
+		}
+		var err error
 		cs, err = s.rv.views(ctx, tx, userID, rs)
 		return err
 	})

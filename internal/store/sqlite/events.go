@@ -1,11 +1,13 @@
 package sqlite
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -24,6 +26,7 @@ type head struct {
 	num                             int64 // the conversation's number: its key in the log
 	lastSeq, lastTextSeq, updatedTS int64
 	memberVersion                   int64
+	spreadV, spreadTS               int64 // what the conversation last spread to its members
 	touched                         bool
 }
 
@@ -117,8 +120,14 @@ func (s *Store) AppendCommitted(ctx context.Context, reqs []store.AppendRequest)
 			if !h.touched {
 				continue
 			}
-			if _, err := b.w.setHead.ExecContext(b.ctx, h.lastSeq, h.lastTextSeq, h.updatedTS, v, h.num); err != nil {
+			spread := s.spreadTo(h, v, h.updatedTS)
+			if _, err := b.w.setHead.ExecContext(b.ctx, h.lastSeq, h.lastTextSeq, h.updatedTS, v, h.spreadV, h.spreadTS, h.num); err != nil {
 				return fmt.Errorf("conversation %q: %w", id, err)
+			}
+			if spread {
+				if _, err := b.w.spread.ExecContext(b.ctx, h.spreadV, h.spreadTS, id); err != nil {
+					return fmt.Errorf("conversation %q: %w", id, err)
+				}
 			}
 		}
 		return nil
@@ -136,6 +145,31 @@ func (s *Store) AppendCommitted(ctx context.Context, reqs []store.AppendRequest)
 	return results, s.sync.durable(n), nil
 }
 
+// syncEpochBits sets the coarseness of members.sync_v (migrations/0007_spread.sql): a
+// conversation's change spreads to its member rows at most once per 2^syncEpochBits versions,
+// and a sync page reads at most one such epoch's rows beyond what it returns.
+const syncEpochBits = 8
+
+// spreadTo decides, for conversation h changed at version v with its last activity now at
+// ts, whether its member rows must be rewritten, and updates h's spread values to what they
+// must hold.
+func (s *Store) spreadTo(h *head, v, ts int64) (spread bool) {
+	if h.spreadV>>syncEpochBits < v>>syncEpochBits {
+		h.spreadV, spread = v, true
+	}
+	if ts < h.spreadTS || ts >= h.spreadTS+s.windowMS() {
+		h.spreadTS, spread = ts, true
+	}
+	return spread
+}
+
+func (s *Store) windowMS() int64 {
+	if s.opts.ActivityWindow > 0 {
+		return s.opts.ActivityWindow.Milliseconds()
+	}
+	return 100
+}
+
 // bind binds the writer's prepared statements to the batch's transaction.
 func (b *batch) bind() {
 	st := func(s *sql.Stmt) *sql.Stmt { return b.tx.StmtContext(b.ctx, s) }
@@ -143,7 +177,7 @@ func (b *batch) bind() {
 	b.w = writeStmts{
 		dedupe: st(w.dedupe), member: st(w.member), head: st(w.head), insert: st(w.insert),
 		target: st(w.target), edit: st(w.edit), del: st(w.del), dropReactions: st(w.dropReactions),
-		react: st(w.react), unreact: st(w.unreact), setHead: st(w.setHead),
+		react: st(w.react), unreact: st(w.unreact), setHead: st(w.setHead), spread: st(w.spread),
 	}
 }
 
@@ -321,7 +355,7 @@ func (b *batch) head(conv string) (*head, error) {
 	h := &head{}
 	if cached, ok := b.s.hot.head(conv); ok {
 		*h = cached
-	} else if err := b.w.head.QueryRowContext(b.ctx, conv).Scan(&h.num, &h.lastSeq, &h.lastTextSeq, &h.updatedTS, &h.memberVersion); err != nil {
+	} else if err := b.w.head.QueryRowContext(b.ctx, conv).Scan(&h.num, &h.lastSeq, &h.lastTextSeq, &h.updatedTS, &h.memberVersion, &h.spreadV, &h.spreadTS); err != nil {
 		return nil, fmt.Errorf("conversation %q: %w", conv, err)
 	}
 	b.heads[conv] = h
@@ -512,9 +546,9 @@ func (s *Store) SetCursors(ctx context.Context, ups []store.CursorUpdate) ([]sto
 				}
 			}
 			if _, err := s.wtx(tx).ExecContext(ctx, `UPDATE members SET last_read_seq = ?, last_read_ts = ?,
-				last_delivered_seq = ?, last_delivered_ts = ?, version = ?
+				last_delivered_seq = ?, last_delivered_ts = ?, version = ?, sync_v = max(sync_v, ?)
 				WHERE conversation_id = ? AND user_id = ?`,
-				read, readTS, delivered, deliveredTS, v, u.ConversationID, u.UserID); err != nil {
+				read, readTS, delivered, deliveredTS, v, v, u.ConversationID, u.UserID); err != nil {
 				return err
 			}
 		}
@@ -530,13 +564,18 @@ func (s *Store) SetCursors(ctx context.Context, ups []store.CursorUpdate) ([]sto
 }
 
 // Sync implements store.Events. Every write that changes what Sync reports bumps meta.version
-// once and stamps the conversation (events, membership, name) or the member row (the user's
-// cursors, role, joining) with it. A conversation's change is the larger of the two stamps;
-// Sync pages by (change, id) upward, so a page's token is the last row's pair, and the token
-// after the last page is the counter read in the same snapshot, which covers exactly what was
-// returned. A conversation the user was removed from is not returned (its member row is
-// gone): Departed reports it. Tokens: "" (from the start), "V" (after version V), "V.ID"
-// (after conversation ID at version V).
+// once and stamps the conversation's head (events, membership, name) or the member row (the
+// user's cursors, role, joining) with it. A conversation's change is the larger of the two
+// stamps; Sync pages by (change, id) upward, so a page's token is the last row's pair, and the
+// token after the last page is the counter read in the same snapshot, which covers exactly
+// what was returned. A conversation the user was removed from is not returned (its member
+// row is gone): Departed reports it. Tokens: "" (from the start), "V" (after version V),
+// "V.ID" (after conversation ID at version V).
+//
+// The rows are found through members_sync (user_id, sync_v), an epoch of 2^syncEpochBits
+// versions at a time: a member row's sync_v is in the same epoch as its change and not above
+// it (migrations/0007_spread.sql), so one epoch's rows hold exactly that epoch's changes, and
+// a page reads what it returns plus the rest of one epoch.
 func (s *Store) Sync(ctx context.Context, userID, since string, limit int) ([]protocol.Conversation, string, bool, error) {
 	const op = "sync"
 	v, after, err := parseSyncToken(since)
@@ -550,6 +589,10 @@ func (s *Store) Sync(ctx context.Context, userID, since string, limit int) ([]pr
 		return nil, "", false, err
 	}
 	defer s.leave()
+	type cand struct {
+		k  int64
+		id string
+	}
 	var cs []protocol.Conversation
 	var next string
 	var more bool
@@ -558,31 +601,60 @@ func (s *Store) Sync(ctx context.Context, userID, since string, limit int) ([]pr
 		if err := s.rtx(tx).QueryRowContext(ctx, `SELECT version FROM meta`).Scan(&counter); err != nil {
 			return err
 		}
-		rows, err := s.rtx(tx).QueryContext(ctx, convSelectWith(`max(h.version, m.version) AS v`)+`
-			WHERE m.user_id = ? AND (max(h.version, m.version) > ? OR (? != '' AND max(h.version, m.version) = ? AND c.id > ?))
-			ORDER BY v, c.id LIMIT ?`, userID, v, after, v, after, limit+1)
-		if err != nil {
-			return err
-		}
-		var rs []convRow
-		var vs []int64
-		for rows.Next() {
-			var rv int64
-			r, err := scanConvRow(rows, &rv)
-			if err != nil {
-				rows.Close()
+		var page []cand
+		lo := v >> syncEpochBits << syncEpochBits
+		for len(page) <= limit {
+			var first sql.NullInt64
+			if err := s.rtx(tx).QueryRowContext(ctx, `SELECT min(sync_v) FROM members WHERE user_id = ? AND sync_v >= ?`,
+				userID, lo).Scan(&first); err != nil {
 				return err
 			}
-			rs, vs = append(rs, r), append(vs, rv)
+			if !first.Valid {
+				break
+			}
+			hi := (first.Int64>>syncEpochBits + 1) << syncEpochBits
+			rows, err := s.rtx(tx).QueryContext(ctx, `SELECT m.conversation_id, max(h.version, m.version)
+				FROM members m JOIN conversations c ON c.id = m.conversation_id JOIN heads h ON h.num = c.num
+				WHERE m.user_id = ? AND m.sync_v >= ? AND m.sync_v < ?`, userID, first.Int64, hi)
+			if err != nil {
+				return err
+			}
+			var group []cand
+			for rows.Next() {
+				var c cand
+				if err := rows.Scan(&c.id, &c.k); err != nil {
+					rows.Close()
+					return err
+				}
+				if c.k > v || (after != "" && c.k == v && c.id > after) {
+					group = append(group, c)
+				}
+			}
+			if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+				return err
+			}
+			slices.SortFunc(group, func(a, b cand) int {
+				if a.k != b.k {
+					return cmp.Compare(a.k, b.k)
+				}
+				return strings.Compare(a.id, b.id)
+			})
+			page = append(page, group...)
+			lo = hi
 		}
-		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
-			return err
-		}
-		if more = len(rs) > limit; more {
-			rs, vs = rs[:limit], vs[:limit]
-			next = strconv.FormatInt(vs[limit-1], 10) + "." + rs[limit-1].c.ID
+		if more = len(page) > limit; more {
+			page = page[:limit]
+			next = strconv.FormatInt(page[limit-1].k, 10) + "." + page[limit-1].id
 		} else {
 			next = strconv.FormatInt(counter, 10)
+		}
+		rs := make([]convRow, 0, len(page))
+		for _, c := range page {
+			r, err := scanConvRow(tx.StmtContext(ctx, s.rv.conv).QueryRowContext(ctx, c.id, userID))
+			if err != nil {
+				return err
+			}
+			rs = append(rs, r)
 		}
 		cs, err = s.rv.views(ctx, tx, userID, rs)
 		return err

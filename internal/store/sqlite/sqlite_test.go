@@ -249,8 +249,8 @@ func TestMigrateCompactKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if s.applied != 3 {
-		t.Fatalf("applied %d migrations, want 3 (0004 to 0006)", s.applied)
+	if s.applied != 4 {
+		t.Fatalf("applied %d migrations, want 4 (0004 to 0007)", s.applied)
 	}
 	ms, _, err := s.Messages(ctx, "d1", "b", 0, -1, 10)
 	if err != nil || len(ms) != 3 {

@@ -38,7 +38,7 @@ func convSelectWith(more string) string { return `SELECT ` + convCols + `, ` + m
 // prepared on the writer. Those of a conversation's log take its number (conv), which the
 // batch has from the head.
 type writeStmts struct {
-	dedupe, member, head, insert, target, edit, del, dropReactions, react, unreact, setHead, bump *sql.Stmt
+	dedupe, member, head, insert, target, edit, del, dropReactions, react, unreact, setHead, bump, spread *sql.Stmt
 }
 
 func (w *writeStmts) list() []stmtDef {
@@ -46,7 +46,7 @@ func (w *writeStmts) list() []stmtDef {
 		{&w.dedupe, `SELECT c.id, m.seq FROM messages m JOIN conversations c ON c.num = m.conv
 			WHERE m.sender_id = ? AND m.client_id = ?`},
 		{&w.member, `SELECT EXISTS (SELECT 1 FROM members WHERE conversation_id = ? AND user_id = ?)`},
-		{&w.head, `SELECT h.num, h.last_seq, h.last_text_seq, h.updated_ts, h.member_version
+		{&w.head, `SELECT h.num, h.last_seq, h.last_text_seq, h.updated_ts, h.member_version, h.spread_v, h.spread_ts
 			FROM conversations c JOIN heads h ON h.num = c.num WHERE c.id = ?`},
 		// The dedupe key is the conflict target: a text append that finds its (sender, client
 		// id) stored inserts nothing, and RowsAffected tells the batch so, in one statement.
@@ -64,8 +64,9 @@ func (w *writeStmts) list() []stmtDef {
 		{&w.unreact, `DELETE FROM reactions
 			WHERE conv = ? AND target_seq = ? AND emoji = ? AND user_id = ?`},
 		{&w.bump, `UPDATE meta SET version = version + 1 RETURNING version`},
-		{&w.setHead, `UPDATE heads SET last_seq = ?, last_text_seq = ?, updated_ts = ?, version = ?
-			WHERE num = ?`},
+		{&w.setHead, `UPDATE heads SET last_seq = ?, last_text_seq = ?, updated_ts = ?, version = ?,
+			spread_v = ?, spread_ts = ? WHERE num = ?`},
+		{&w.spread, `UPDATE members SET sync_v = max(sync_v, ?), act_ts = ? WHERE conversation_id = ?`},
 	}
 }
 

@@ -61,6 +61,10 @@ type Options struct {
 	// using the WAL (the store's own are kept out), holding up the writer meanwhile
 	// (default 10ms); if they outlast it, a later round tries again.
 	RestartWait time.Duration
+	// ActivityWindow is how far a conversation's last activity may move before it is
+	// spread to its member rows again, for the conversation list (default 100 ms; see
+	// migrations/0007_spread.sql).
+	ActivityWindow time.Duration
 	// Log gets the checkpointer's warnings (default: discarded).
 	Log *slog.Logger
 }
