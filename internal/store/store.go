@@ -136,6 +136,12 @@ type MemberChange struct {
 // transaction and is returned as is.
 type MembershipFunc func(c protocol.Conversation) (MemberChange, error)
 
+// MaxUnread bounds a view's UnreadCount: a conversation with more unread messages shows
+// this many. Counting is a range scan of the log after the read cursor, so without a bound a
+// view of a conversation with a million unread messages cost a second (docs/benchmarks.md);
+// clients show it as "999+" or less.
+const MaxUnread = 1000
+
 // Conversations stores conversations and their members.
 type Conversations interface {
 	// CreateDirect returns the one direct conversation between users a and b, creating it (with

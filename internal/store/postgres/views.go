@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strconv"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/parley-chat/parley/internal/store"
 	"github.com/parley-chat/parley/protocol"
 )
 
@@ -137,8 +139,8 @@ func views(ctx context.Context, q querier, userID string, rows []convRow) ([]pro
 		FROM unnest($1::text[], $2::bigint[]) AS u(id, seq)
 		JOIN messages m ON m.conversation_id = u.id AND m.seq = u.seq`+reactJoin+`
 		WHERE u.seq > 0`, ids, lastText)
-	b.Queue(`SELECT u.id, (SELECT count(*) FROM messages m WHERE m.conversation_id = u.id AND m.seq > u.rd
-			AND m.kind = 'text' AND NOT m.deleted AND m.sender_id <> $3)
+	b.Queue(`SELECT u.id, (SELECT count(*) FROM (SELECT 1 FROM messages m WHERE m.conversation_id = u.id AND m.seq > u.rd
+			AND m.kind = 'text' AND NOT m.deleted AND m.sender_id <> $3 LIMIT `+strconv.Itoa(store.MaxUnread)+`) x)
 		FROM unnest($1::text[], $2::bigint[]) AS u(id, rd)`, ids, read, userID)
 	br := q.SendBatch(ctx, b)
 	defer br.Close()

@@ -1,9 +1,12 @@
 package sqlite
 
 import (
+	"strconv"
+
 	"context"
 	"database/sql"
 	"fmt"
+	"github.com/parley-chat/parley/internal/store"
 	"sync"
 )
 
@@ -89,8 +92,9 @@ func (v *viewStmts) list() []stmtDef {
 		{&v.message, `SELECT ` + msgCols + ` FROM messages WHERE conv = ` + convNum + ` AND seq = ?`},
 		{&v.reactions, `SELECT target_seq, emoji, user_id FROM reactions
 			WHERE conv = ` + convNum + ` AND target_seq BETWEEN ? AND ? ORDER BY target_seq, seq`},
-		{&v.unread, `SELECT count(*) FROM messages
-			WHERE conv = ` + convNum + ` AND seq > ? AND kind = 'text' AND deleted = 0 AND sender_id <> ?`},
+		{&v.unread, `SELECT count(*) FROM (SELECT 1 FROM messages
+			WHERE conv = ` + convNum + ` AND seq > ? AND kind = 'text' AND deleted = 0 AND sender_id <> ?
+			LIMIT ` + strconv.Itoa(store.MaxUnread) + `)`},
 		{&v.pageDesc, `SELECT ` + msgCols + ` FROM messages
 			WHERE conv = ` + convNum + ` AND seq < ? ORDER BY seq DESC LIMIT ?`},
 		{&v.pageAsc, `SELECT ` + msgCols + ` FROM messages

@@ -49,6 +49,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Messages/Paging", testMessagesPaging},
 		{"Cursor/MonotonicAndUnread", testCursor},
 		{"Cursor/Batch", testCursorBatch},
+		{"Cursor/UnreadBounded", testUnreadBounded},
 		{"Contacts/PresencePeers", testPresencePeers},
 		{"Conversation/LastMessage", testLastMessage},
 		{"Sync", testSync},
@@ -1843,5 +1844,25 @@ func testDeparted(t *testing.T, s store.Store) {
 	}
 	if got := departed("b", t0); !slices.Equal(got, []string{"g2"}) {
 		t.Fatalf("Departed(b) after being added back to g1 = %v, want [g2]", got)
+	}
+}
+
+// testUnreadBounded: a view counts unread messages up to store.MaxUnread and no further.
+func testUnreadBounded(t *testing.T, s store.Store) {
+	mkUsers(t, s, "a", "b")
+	mkDirect(t, s, "d1", "a", "b")
+	n := store.MaxUnread + 5
+	for i := 0; i < n; i += 500 {
+		var reqs []store.AppendRequest
+		for j := i; j < min(i+500, n); j++ {
+			reqs = append(reqs, text("d1", "b", fmt.Sprint("m", j), "x", ts0))
+		}
+		appendAll(t, s, reqs...)
+	}
+	if c := conv(t, s, "d1", "a"); c.UnreadCount != store.MaxUnread || c.LastSeq != int64(n) {
+		t.Fatalf("unread %d, last seq %d; want %d, %d", c.UnreadCount, c.LastSeq, store.MaxUnread, n)
+	}
+	if c := conv(t, s, "d1", "b"); c.UnreadCount != 0 {
+		t.Fatalf("the sender's own unread = %d, want 0", c.UnreadCount)
 	}
 }
