@@ -14,6 +14,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/parley-chat/parley/client"
+	"github.com/parley-chat/parley/protocol"
 )
 
 // PagingConfig is the "paging" scenario: what a page costs as an account and a log grow. One
@@ -122,6 +123,32 @@ func Paging(ctx context.Context, cfg PagingConfig) (PagingResult, error) {
 	if err != nil {
 		return res, err
 	}
+	// A sync token from after everything, then one change for each account: an incremental
+	// sync should cost what the change costs, whatever the account holds.
+	tokenAfterOne := func(c *client.Client) (string, error) {
+		all, err := c.Sync(ctx, "")
+		if err != nil {
+			return "", err
+		}
+		page, err := c.Conversations(ctx, "", 5)
+		if err != nil {
+			return "", err
+		}
+		for _, cv := range page.Conversations {
+			if cv.Type == protocol.Group {
+				return all.NextSince, c.RenameConversation(ctx, cv.ID, "renamed")
+			}
+		}
+		return "", fmt.Errorf("paging: no group to rename")
+	}
+	sinceLarge, err := tokenAfterOne(large)
+	if err != nil {
+		return res, err
+	}
+	sinceSmall, err := tokenAfterOne(small)
+	if err != nil {
+		return res, err
+	}
 	last := int64(cfg.Messages) + 1 // the created event, then the messages
 	reads := []struct {
 		name string
@@ -131,8 +158,13 @@ func Paging(ctx context.Context, cfg PagingConfig) (PagingResult, error) {
 		{fmt.Sprintf("conversations, first page (%d)", cfg.Conversations), listPage(ctx, large, "")},
 		{fmt.Sprintf("conversations, page %d (%d)", nSmall, cfg.Small), listPage(ctx, small, deepSmall)},
 		{fmt.Sprintf("conversations, page %d (%d)", nLarge, cfg.Conversations), listPage(ctx, large, deepLarge)},
-		{fmt.Sprintf("sync, first page, no token (%d)", cfg.Small), syncPage(ctx, small)},
-		{fmt.Sprintf("sync, first page, no token (%d)", cfg.Conversations), syncPage(ctx, large)},
+		// Sync pages of the same size for both accounts (the small one's whole list), and
+		// the default page of 500.
+		{fmt.Sprintf("sync, first page of %d (%d)", cfg.Small, cfg.Small), syncPage(ctx, small, cfg.Small)},
+		{fmt.Sprintf("sync, first page of %d (%d)", cfg.Small, cfg.Conversations), syncPage(ctx, large, cfg.Small)},
+		{fmt.Sprintf("sync, first page of 500 (%d)", cfg.Conversations), syncPage(ctx, large, 500)},
+		{fmt.Sprintf("sync, one change since the token (%d)", cfg.Small), syncSince(ctx, small, sinceSmall)},
+		{fmt.Sprintf("sync, one change since the token (%d)", cfg.Conversations), syncSince(ctx, large, sinceLarge)},
 		{"history, newest page", historyPage(ctx, large, long.ID, 0)},
 		{"history, middle page", historyPage(ctx, large, long.ID, last/2)},
 		{"history, oldest page", historyPage(ctx, large, long.ID, 51)},
@@ -167,9 +199,19 @@ func listPage(ctx context.Context, c *client.Client, cursor string) func() (any,
 	}
 }
 
-func syncPage(ctx context.Context, c *client.Client) func() (any, int, error) {
+func syncPage(ctx context.Context, c *client.Client, limit int) func() (any, int, error) {
 	return func() (any, int, error) {
-		s, err := c.SyncPage(ctx, "", 0)
+		s, err := c.SyncPage(ctx, "", limit)
+		return s, len(s.Conversations), err
+	}
+}
+
+func syncSince(ctx context.Context, c *client.Client, since string) func() (any, int, error) {
+	return func() (any, int, error) {
+		s, err := c.SyncPage(ctx, since, 0)
+		if err == nil && len(s.Conversations) != 1 {
+			err = fmt.Errorf("%d conversations changed since the token, want 1", len(s.Conversations))
+		}
 		return s, len(s.Conversations), err
 	}
 }

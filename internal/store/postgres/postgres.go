@@ -76,11 +76,16 @@ func Open(ctx context.Context, url string, opts Options) (*DB, error) {
 	}
 	defaults := map[string]string{
 		"idle_in_transaction_session_timeout": "30s",
+		// No JIT: it compiled the plan of a page's unread counts (16 partitions, a lateral
+		// lookup per conversation) for half a second to run it for two milliseconds. Every
+		// statement here is a short index lookup.
+		"jit": "off",
 		// Plan every execution with its parameters and the tables' current sizes. A
 		// generic plan made while a table was nearly empty (a new database) picked the
 		// messages primary key for the dedupe probe, filtering the whole conversation per
 		// message, and pgx's prepared statements kept it until autovacuum's first ANALYZE:
-		// a new database ran at 8,400 msg/s instead of 26,700 (docs/benchmarks.md).
+		// a new database ran at 8,400 msg/s instead of 26,700 (docs/benchmarks.md). It costs
+		// a few milliseconds of planning on a page's views, across the partitions.
 		"plan_cache_mode": "force_custom_plan",
 	}
 	for k, v := range defaults {

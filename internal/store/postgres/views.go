@@ -135,13 +135,24 @@ func views(ctx context.Context, q querier, userID string, rows []convRow) ([]pro
 	b := &pgx.Batch{}
 	b.Queue(`SELECT conversation_id, user_id, role, last_delivered_seq, last_read_seq FROM members
 		WHERE conversation_id = ANY($1) ORDER BY conversation_id, joined_ts, user_id`, ids)
-	b.Queue(`SELECT m.conversation_id, `+msgCols+`
+	// The last messages are written as a lookup per conversation (LATERAL … LIMIT, which the
+	// planner cannot turn into a join): as a join, it hashed the whole messages table (45 ms
+	// at a million rows).
+	b.Queue(`SELECT u.id, `+msgCols+`
 		FROM unnest($1::text[], $2::bigint[]) AS u(id, seq)
-		JOIN messages m ON m.conversation_id = u.id AND m.seq = u.seq`+reactJoin+`
+		CROSS JOIN LATERAL (SELECT * FROM messages x WHERE x.conversation_id = u.id AND x.seq = u.seq LIMIT 1) m`+reactJoin+`
 		WHERE u.seq > 0`, ids, lastText)
-	b.Queue(`SELECT u.id, (SELECT count(*) FROM (SELECT 1 FROM messages m WHERE m.conversation_id = u.id AND m.seq > u.rd
-			AND m.kind = 'text' AND NOT m.deleted AND m.sender_id <> $3 LIMIT `+strconv.Itoa(store.MaxUnread)+`) x)
-		FROM unnest($1::text[], $2::bigint[]) AS u(id, rd)`, ids, read, userID)
+	// Unread counts stop at store.MaxUnread, but the planner reads a range with a bitmap scan,
+	// which fetches every row of the range before LIMIT applies (0.5 s for a million unread).
+	// So each count reads at most the last unreadWindow events: that window holding
+	// MaxUnread unread messages is the answer; one holding fewer, when older unread events
+	// exist, is counted again over the whole range (unreadExact; a conversation whose latest
+	// thousands of events are mostly the reader's own or reactions).
+	lo := make([]int64, len(rows))
+	for i, r := range rows {
+		lo[i] = max(read[i], r.c.LastSeq-unreadWindow)
+	}
+	b.Queue(unreadSQL, ids, lo, userID)
 	br := q.SendBatch(ctx, b)
 	defer br.Close()
 
@@ -183,6 +194,7 @@ func views(ctx context.Context, q querier, userID string, rows []convRow) ([]pro
 	if err != nil {
 		return nil, err
 	}
+	var again []int
 	for urows.Next() {
 		var id string
 		var n int64
@@ -190,13 +202,35 @@ func views(ctx context.Context, q querier, userID string, rows []convRow) ([]pro
 			urows.Close()
 			return nil, err
 		}
-		cs[at[id]].UnreadCount = n
+		i := at[id]
+		cs[i].UnreadCount = n
+		if n < store.MaxUnread && lo[i] > read[i] {
+			again = append(again, i)
+		}
 	}
 	if err := urows.Err(); err != nil {
 		return nil, err
 	}
-	return cs, br.Close()
+	if err := br.Close(); err != nil {
+		return nil, err
+	}
+	for _, i := range again {
+		if err := q.QueryRow(ctx, unreadSQL, []string{ids[i]}, []int64{read[i]}, userID).Scan(new(string), &cs[i].UnreadCount); err != nil {
+			return nil, err
+		}
+	}
+	return cs, nil
 }
+
+// unreadWindow is how many of a conversation's latest events an unread count reads first.
+const unreadWindow = 4 * store.MaxUnread
+
+// unreadSQL counts, per conversation $1 after seq $2, the text messages not deleted and not
+// sent by $3, up to store.MaxUnread.
+var unreadSQL = `SELECT u.id, n.c FROM unnest($1::text[], $2::bigint[]) AS u(id, lo)
+	CROSS JOIN LATERAL (SELECT count(*) AS c FROM (SELECT 1 FROM messages m WHERE m.conversation_id = u.id
+		AND m.seq > u.lo AND m.kind = 'text' AND NOT m.deleted AND m.sender_id <> $3
+		LIMIT ` + strconv.Itoa(store.MaxUnread) + `) x) n`
 
 // messageAt returns one event in its current state, or pgx.ErrNoRows.
 func messageAt(ctx context.Context, q querier, convID string, seq int64) (protocol.Message, error) {

@@ -1849,7 +1849,7 @@ func testDeparted(t *testing.T, s store.Store) {
 
 // testUnreadBounded: a view counts unread messages up to store.MaxUnread and no further.
 func testUnreadBounded(t *testing.T, s store.Store) {
-	mkUsers(t, s, "a", "b")
+	mkUsers(t, s, "a", "b", "c")
 	mkDirect(t, s, "d1", "a", "b")
 	n := store.MaxUnread + 5
 	for i := 0; i < n; i += 500 {
@@ -1864,5 +1864,19 @@ func testUnreadBounded(t *testing.T, s store.Store) {
 	}
 	if c := conv(t, s, "d1", "b"); c.UnreadCount != 0 {
 		t.Fatalf("the sender's own unread = %d, want 0", c.UnreadCount)
+	}
+	// A few unread messages far behind the reader's own latest thousands (the PostgreSQL
+	// store counts a window of the latest events first, then the rest).
+	mkDirect(t, s, "d2", "a", "c")
+	appendAll(t, s, text("d2", "c", "x1", "x", ts0), text("d2", "c", "x2", "x", ts0))
+	for i := 0; i < 4*store.MaxUnread+10; i += 500 {
+		var reqs []store.AppendRequest
+		for j := i; j < i+500; j++ {
+			reqs = append(reqs, text("d2", "a", fmt.Sprint("own", j), "x", ts0))
+		}
+		appendAll(t, s, reqs...)
+	}
+	if c := conv(t, s, "d2", "a"); c.UnreadCount != 2 {
+		t.Fatalf("unread behind the reader's own messages = %d, want 2", c.UnreadCount)
 	}
 }
