@@ -591,10 +591,12 @@ func parseSyncToken(s string) (syncToken, error) {
 // in stamp order: a transaction still running has an xid of at least H, so it cannot commit
 // below a page already returned; the token after the last page is (H, 0).
 //
-// The member rows are read through (user_id, sync_xid), an epoch at a time: a row's
-// sync_xid is in the same epoch as its change and not above it (see the migration), so the
-// rows of one epoch hold exactly the changes of that epoch, and a page reads what it
-// returns plus the rest of one epoch's rows.
+// The member rows are read through (user_id, sync_xid, conversation_id): a row's sync_xid is
+// in the same epoch as its change and not above it (see the migration), so the rows of
+// changes after the token start at the token's epoch, and reading stops once the page's
+// changes are all below the sync_xid reached. A page reads what it returns, plus the rows
+// of the token's epoch before it and the rows whose change is ahead of their sync_xid
+// (both bounded by one epoch's changes, not by the account).
 func (db *DB) Sync(ctx context.Context, userID, since string, limit int) ([]protocol.Conversation, string, bool, error) {
 	const op = "sync"
 	from, err := parseSyncToken(since)
@@ -620,40 +622,42 @@ func (db *DB) Sync(ctx context.Context, userID, since string, limit int) ([]prot
 		if err := tx.QueryRow(ctx, `SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint`).Scan(&horizon); err != nil {
 			return err
 		}
+		// Rows are read in (sync_xid, id) order, in growing chunks. A row's change is at
+		// least its sync_xid, so once the page's limit+1 smallest changes are below the
+		// sync_xid of the last row read, no row after it can enter the page.
 		var page []cand
-		lo := epochOf(from.xid) << epochBits
-		for len(page) <= limit && lo < horizon {
-			rows, err := tx.Query(ctx, `SELECT m.conversation_id, c.change_xid, c.change_pos, m.change_xid, m.change_pos, f.s
-				FROM (SELECT min(sync_xid) AS s FROM members WHERE user_id = $1 AND sync_xid >= $2 AND sync_xid < $3) f
-				JOIN members m ON m.user_id = $1 AND m.sync_xid >= f.s AND m.sync_xid < least($3, ((f.s >> $4) + 1) << $4)
-				JOIN conversations c ON c.id = m.conversation_id`, userID, lo, horizon, epochBits)
+		at, atID := (epochOf(from.xid)<<epochBits)-1, "\uffff" // from the start of from's epoch
+		chunk := limit + 1
+		for {
+			rows, err := tx.Query(ctx, `SELECT m.conversation_id, m.sync_xid, c.change_xid, c.change_pos, m.change_xid, m.change_pos
+				FROM members m JOIN conversations c ON c.id = m.conversation_id
+				WHERE m.user_id = $1 AND (m.sync_xid, m.conversation_id) > ($2, $3) AND m.sync_xid < $4
+				ORDER BY m.sync_xid, m.conversation_id LIMIT $5`, userID, at, atID, horizon, chunk)
 			if err != nil {
 				return err
 			}
-			var group []cand
-			var first int64 = -1
+			n := 0
 			for rows.Next() {
 				var c cand
 				var conv, mem syncToken
-				if err := rows.Scan(&c.id, &conv.xid, &conv.pos, &mem.xid, &mem.pos, &first); err != nil {
+				if err := rows.Scan(&c.id, &at, &conv.xid, &conv.pos, &mem.xid, &mem.pos); err != nil {
 					rows.Close()
 					return err
 				}
+				n++
+				atID = c.id
 				c.k = conv
 				if conv.less(mem) {
 					c.k = mem
 				}
 				if from.less(c.k) && c.k.xid < horizon {
-					group = append(group, c)
+					page = append(page, c)
 				}
 			}
 			if err := rows.Err(); err != nil {
 				return err
 			}
-			if first < 0 {
-				break // no rows left below the horizon
-			}
-			slices.SortFunc(group, func(a, b cand) int {
+			slices.SortFunc(page, func(a, b cand) int {
 				if a.k.less(b.k) {
 					return -1
 				}
@@ -662,8 +666,13 @@ func (db *DB) Sync(ctx context.Context, userID, since string, limit int) ([]prot
 				}
 				return strings.Compare(a.id, b.id)
 			})
-			page = append(page, group...)
-			lo = (epochOf(first) + 1) << epochBits
+			if len(page) > limit+1 {
+				page = page[:limit+1]
+			}
+			if n < chunk || (len(page) == limit+1 && page[limit].k.xid < at) {
+				break
+			}
+			chunk = min(2*chunk, 1000)
 		}
 		switch {
 		case len(page) > limit:

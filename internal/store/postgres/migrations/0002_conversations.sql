@@ -52,7 +52,7 @@ CREATE TABLE members (
     PRIMARY KEY (conversation_id, user_id)
 );
 CREATE INDEX members_user ON members (user_id, conversation_id);
-CREATE INDEX members_sync ON members (user_id, sync_xid);
+CREATE INDEX members_sync ON members (user_id, sync_xid, conversation_id);
 CREATE INDEX members_activity ON members (user_id, act_ts, conversation_id);
 
 -- The log: one row per event, keyed by (conversation_id, seq), hash-partitioned by
