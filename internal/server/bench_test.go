@@ -4,11 +4,13 @@ import (
 	"context"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/parley-chat/parley/internal/loadgen"
+	"github.com/parley-chat/parley/internal/store/postgres/pgtest"
 )
 
 // TestBenchSmoke runs `parley bench` scenarios as a user would: each starts its own server
@@ -39,9 +41,17 @@ func TestBenchSmoke(t *testing.T) {
 				"the last acked message of each of 4 conversations: all stored"}},
 		// Every read timed, at a size where each list and history read has full pages.
 		{"paging", []string{"paging", "--conversations", "120", "--small", "60", "--messages", "300", "--reps", "3"},
-			[]string{"conversations, page 3 (120)", "sync, first page, no token (120)", "history, oldest page"}},
+			[]string{"conversations, page 3 (120)", "sync, first page of 60 (120)", "sync, one change since the token (120)", "history, oldest page"}},
+		// The same against PostgreSQL, each on a database the load generator makes and drops.
+		{"direct-postgres", []string{"direct", "--postgres-url", "PG", "--duration", "2s", "--warmup", "500ms", "--pairs", "4", "--inflight", "4"}, []string{"lost 0  duplicates 0  errors 0"}},
+		{"paging-postgres", []string{"paging", "--postgres-url", "PG", "--conversations", "120", "--small", "60", "--messages", "300", "--reps", "3"},
+			[]string{"conversations, page 3 (120)", "sync, first page of 60 (120)", "sync, one change since the token (120)", "history, oldest page"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			if i := slices.Index(tc.args, "PG"); i >= 0 {
+				pgtest.URL(t) // skips (or fails in CI) without a server
+				tc.args[i] = pgtest.Base()
+			}
 			out, err := exec.Command(bin, append([]string{"bench"}, tc.args...)...).CombinedOutput()
 			t.Logf("%s", out)
 			if err != nil {
@@ -53,7 +63,7 @@ func TestBenchSmoke(t *testing.T) {
 				}
 			}
 			// How the machine's CPU was spent in the measured window (read from /proc).
-			if runtime.GOOS == "linux" && tc.name != "idle" && tc.name != "paging" && !strings.Contains(string(out), "\n  machine ") {
+			if runtime.GOOS == "linux" && tc.name != "idle" && !strings.HasPrefix(tc.name, "paging") && !strings.Contains(string(out), "\n  machine ") {
 				t.Fatal("no machine line")
 			}
 		})
