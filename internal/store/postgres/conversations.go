@@ -417,14 +417,8 @@ func (db *DB) Conversation(ctx context.Context, id, userID string) (protocol.Con
 
 // readTx runs fn in a read-only REPEATABLE READ transaction: one snapshot for every
 // statement.
-//
-// Its statements may use generic plans (plan_cache_mode auto, not the session's
-// force_custom_plan): they are index lookups whose plan does not depend on the tables'
-// sizes, and planning a page's views afresh across 16 partitions cost more than running them.
 func (db *DB) readTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
-	return pgx.BeginTxFunc(ctx, db.pool, pgx.TxOptions{
-		BeginQuery: `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL plan_cache_mode = auto`,
-	}, fn)
+	return pgx.BeginTxFunc(ctx, db.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, fn)
 }
 
 // ConversationsOf implements store.Conversations: most recent activity (updated_ts) first,

@@ -80,13 +80,6 @@ func Open(ctx context.Context, url string, opts Options) (*DB, error) {
 		// lookup per conversation) for half a second to run it for two milliseconds. Every
 		// statement here is a short index lookup.
 		"jit": "off",
-		// Plan every execution with its parameters and the tables' current sizes. A
-		// generic plan made while a table was nearly empty (a new database) picked the
-		// messages primary key for the dedupe probe, filtering the whole conversation per
-		// message, and pgx's prepared statements kept it until autovacuum's first ANALYZE:
-		// a new database ran at 8,400 msg/s instead of 26,700 (docs/benchmarks.md). It costs
-		// a few milliseconds of planning on a page's views, across the partitions.
-		"plan_cache_mode": "force_custom_plan",
 	}
 	for k, v := range defaults {
 		if _, ok := cfg.ConnConfig.RuntimeParams[k]; !ok {
