@@ -129,8 +129,13 @@ func bench(ctx context.Context, args []string) error {
 		members := fs.Int("members", 100, "online members per group")
 		senders := fs.Int("senders", 4, "senders per group")
 		inflight := fs.Int("inflight", 8, "sends each sender keeps in flight")
+		nodes := fs.String("node-urls", "", "with --url: comma-separated URLs of other nodes sharing its database and NATS; members connect to each in turn")
 		run = func(url string, pid int) (fmt.Stringer, error) {
-			res, err := loadgen.Group(ctx, loadgen.GroupConfig{URL: url, Groups: *groups, Members: *members, Senders: *senders,
+			var others []string
+			if *nodes != "" {
+				others = strings.Split(*nodes, ",")
+			}
+			res, err := loadgen.Group(ctx, loadgen.GroupConfig{URL: url, NodeURLs: others, Groups: *groups, Members: *members, Senders: *senders,
 				InFlight: *inflight, Duration: *duration, Warmup: *warmup, SourceIPs: bf.sourceIPs(), ServerPID: pid})
 			return res, checked(err, res.Lost, res.Duplicates, res.Unanswered)
 		}

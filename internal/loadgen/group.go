@@ -16,7 +16,11 @@ import (
 // each group Senders members keep InFlight sends outstanding. Every other member's device
 // receives every message: a fan-out of Members-1 deliveries per message.
 type GroupConfig struct {
-	URL       string
+	URL string
+	// NodeURLs, if set, are other nodes of the same cluster: members' WebSockets are spread
+	// over URL and them in turn, so that every group has members on every node (accounts
+	// and groups are made through URL; every node accepts every node's tokens).
+	NodeURLs  []string
 	Groups    int
 	Members   int
 	Senders   int
@@ -72,7 +76,10 @@ func Group(ctx context.Context, cfg GroupConfig) (GroupResult, error) {
 	if err != nil {
 		return GroupResult{}, err
 	}
-	d := newDialer(cfg.URL, cfg.SourceIPs)
+	dialers := []*dialer{newDialer(cfg.URL, cfg.SourceIPs)}
+	for _, u := range cfg.NodeURLs {
+		dialers = append(dialers, newDialer(u, cfg.SourceIPs))
+	}
 	var conns []*lconn
 	defer func() {
 		for _, c := range conns {
@@ -97,7 +104,7 @@ func Group(ctx context.Context, cfg GroupConfig) (GroupResult, error) {
 		tr := newTracker(cfg.Members-1, conv.LastSeq)
 		trackers = append(trackers, tr)
 		for i, u := range us {
-			c, err := d.dial(ctx, u.Tokens().AccessToken)
+			c, err := dialers[i%len(dialers)].dial(ctx, u.Tokens().AccessToken)
 			if err != nil {
 				return GroupResult{}, fmt.Errorf("connect: %w", err)
 			}
