@@ -108,13 +108,18 @@ func newConversation(ctx context.Context, tx pgx.Tx, xid int64, c protocol.Conve
 	if err != nil {
 		return err
 	}
-	return insertMembers(ctx, tx, xid, c.ID, members, ts, lastSeq, ts)
+	return insertMembers(ctx, tx, xid, xid, c.ID, members, ts, lastSeq, ts)
 }
 
 // insertMembers adds the members not in the conversation yet, stamped by xid, with their
-// cursors at cursor and act_ts as the conversation's members hold it; a joining user's
-// departure is forgotten.
-func insertMembers(ctx context.Context, tx pgx.Tx, xid int64, convID string, ms []protocol.Member, ts, cursor, actTS int64) error {
+// cursors at cursor and sync_xid and act_ts as the conversation's members hold them
+// (syncXID, actTS: what spreadTo decided); a joining user's departure is forgotten.
+//
+// The row's sync_xid is the larger of xid and syncXID: the transaction took its xid before
+// it waited for the conversation's lock, so a later transaction may have moved the
+// conversation's stamp to a later epoch meanwhile, and the new row must be in the epoch of
+// its change, which is the conversation's (found in review).
+func insertMembers(ctx context.Context, tx pgx.Tx, xid, syncXID int64, convID string, ms []protocol.Member, ts, cursor, actTS int64) error {
 	if len(ms) == 0 {
 		return nil
 	}
@@ -129,9 +134,9 @@ func insertMembers(ctx context.Context, tx pgx.Tx, xid int64, convID string, ms 
 	b := &pgx.Batch{}
 	b.Queue(`INSERT INTO members (conversation_id, user_id, role, joined_ts, last_read_seq, last_delivered_seq,
 			change_xid, change_pos, sync_xid, act_ts)
-		SELECT $2, u.user_id, u.role, $3, $4, $4, $1, nextval('change_pos'), $1, $5
+		SELECT $2, u.user_id, u.role, $3, $4, $4, $1, nextval('change_pos'), GREATEST($1::bigint, $8::bigint), $5
 		FROM unnest($6::text[], $7::text[]) AS u(user_id, role)
-		ON CONFLICT DO NOTHING`, xid, convID, ts, cursor, actTS, users, roles)
+		ON CONFLICT DO NOTHING`, xid, convID, ts, cursor, actTS, users, roles, syncXID)
 	b.Queue(`DELETE FROM departures WHERE conversation_id = $1 AND user_id = ANY($2)`, convID, users)
 	return tx.SendBatch(ctx, b).Close()
 }
@@ -231,7 +236,7 @@ func insertDirect(ctx context.Context, tx pgx.Tx, id, a, b, key string, ts int64
 	if a == b {
 		members = members[:1]
 	}
-	return true, insertMembers(ctx, tx, xid, id, members, ts, 0, ts)
+	return true, insertMembers(ctx, tx, xid, xid, id, members, ts, 0, ts)
 }
 
 // CreateGroup implements store.Conversations, as the SQLite store does: members in the order
@@ -352,7 +357,7 @@ func (db *DB) ChangeMembership(ctx context.Context, id string, ts int64, fn stor
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
 			return err
 		}
-		if err := insertMembers(ctx, tx, xid, id, ch.Add, ts, seq, actTS); err != nil {
+		if err := insertMembers(ctx, tx, xid, syncXID, id, ch.Add, ts, seq, actTS); err != nil {
 			return err
 		}
 		b = &pgx.Batch{}

@@ -90,8 +90,10 @@ func (db *DB) appendTx(ctx context.Context, tx pgx.Tx, in []store.AppendRequest)
 			r.Body, r.ReplyTo, r.Attachments = "", 0, nil
 		}
 		reqs[i] = r
-		if _, ok := convSet[r.ConversationID]; !ok {
+		if v, ok := convSet[r.ConversationID]; !ok {
 			convSet[r.ConversationID] = r.MemberVersion
+		} else if v != r.MemberVersion {
+			convSet[r.ConversationID] = -1 // requests disagree: read the list for those that lack it
 		}
 		if p := (pair{r.ConversationID, r.SenderID}); !seenPair[p] {
 			seenPair[p] = true

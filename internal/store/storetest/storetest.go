@@ -50,6 +50,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Cursor/MonotonicAndUnread", testCursor},
 		{"Cursor/Batch", testCursorBatch},
 		{"Cursor/UnreadBounded", testUnreadBounded},
+		{"Append/MemberListPerRequest", testMemberListPerRequest},
 		{"Contacts/PresencePeers", testPresencePeers},
 		{"Conversation/LastMessage", testLastMessage},
 		{"Sync", testSync},
@@ -1881,5 +1882,29 @@ func testUnreadBounded(t *testing.T, s store.Store) {
 	}
 	if c := conv(t, s, "d2", "a"); c.UnreadCount != 2 {
 		t.Fatalf("unread behind the reader's own messages = %d, want 2", c.UnreadCount)
+	}
+}
+
+// testMemberListPerRequest: each request of a batch is answered for the member version it
+// names: one with the current version gets no list, one with a stale version the full list,
+// in the same batch. Fails on a store that decides per conversation from its first request
+// (checked: the PostgreSQL store before review answered the second with an empty list,
+// which a caller would cache and fan out to no one).
+func testMemberListPerRequest(t *testing.T, s store.Store) {
+	mkUsers(t, s, "a", "b")
+	mkGroup(t, s, "g1", "a", "b")
+	r := appendAll(t, s, text("g1", "a", "m0", "x", ts0))[0]
+	if r.Members == nil {
+		t.Fatalf("first append = %+v, want the member list", r)
+	}
+	v := r.Members.Version
+	first, stale := text("g1", "a", "m1", "x", ts0), text("g1", "b", "m2", "x", ts0)
+	first.MemberVersion = v
+	rs := appendAll(t, s, first, stale)
+	if rs[0].Members != nil {
+		t.Fatalf("request with the current version got a list: %+v", rs[0].Members)
+	}
+	if rs[1].Members == nil || len(rs[1].Members.IDs) != 2 || rs[1].Members.Version != v {
+		t.Fatalf("request with a stale version got %+v, want both members at version %d", rs[1].Members, v)
 	}
 }
