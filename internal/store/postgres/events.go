@@ -120,14 +120,6 @@ func (db *DB) appendTx(ctx context.Context, tx pgx.Tx, in []store.AppendRequest)
 		FROM conversations WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE`, convs)
 	b.Queue(`SELECT conversation_id, user_id FROM members
 		WHERE (conversation_id, user_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))`, pairC, pairU)
-	// The probes of a message key are planned with their parameters and the tables' sizes
-	// now. The messages table has two keys that start with the conversation, and a generic
-	// plan made while it was nearly empty (a new database) picked the wrong one for the
-	// dedupe probe, filtering the conversation's whole log per message; pgx's prepared
-	// statements kept that plan until autovacuum's first ANALYZE: a new database ran at 8,400
-	// msg/s instead of 26,700. The other statements keep generic plans: planning all of a
-	// batch's statements at every execution cost as much as running them.
-	b.Queue(`SET LOCAL plan_cache_mode = force_custom_plan`)
 	// One probe of the dedupe key per request; the rare originals are read in full after.
 	b.Queue(`SELECT u.c, u.s, u.k, x.seq FROM unnest($1::text[], $2::text[], $3::text[]) AS u(c, s, k)
 		CROSS JOIN LATERAL (SELECT m.seq FROM messages m
@@ -136,7 +128,6 @@ func (db *DB) appendTx(ctx context.Context, tx pgx.Tx, in []store.AppendRequest)
 		b.Queue(`SELECT m.conversation_id, m.seq, m.kind, m.deleted
 			FROM unnest($1::text[], $2::bigint[]) AS u(c, s) JOIN messages m ON m.conversation_id = u.c AND m.seq = u.s`, tC, tS)
 	}
-	b.Queue(`SET LOCAL plan_cache_mode = auto`)
 	b.Queue(`SELECT m.conversation_id, m.user_id
 		FROM unnest($1::text[], $2::bigint[]) AS k(id, v)
 		JOIN conversations c ON c.id = k.id AND c.member_version <> k.v
@@ -169,9 +160,6 @@ func (db *DB) appendTx(ctx context.Context, tx pgx.Tx, in []store.AppendRequest)
 		}); err != nil {
 			return err
 		}
-		if _, err := br.Exec(); err != nil { // SET LOCAL
-			return err
-		}
 		if err := eachRow(br, func(r pgx.Rows) error {
 			var k triple
 			var seq int64
@@ -195,9 +183,6 @@ func (db *DB) appendTx(ctx context.Context, tx pgx.Tx, in []store.AppendRequest)
 			})
 		}
 		if err := readTargets(); err != nil {
-			return err
-		}
-		if _, err := br.Exec(); err != nil { // SET LOCAL
 			return err
 		}
 		if err := eachRow(br, func(r pgx.Rows) error {
