@@ -87,10 +87,14 @@ func TestSlowHandlerDropsWithoutBlocking(t *testing.T) {
 	if err := b.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.Publish("slow.a", []byte("after")); err != nil {
-		t.Fatal(err)
-	}
+	// Published again until it arrives: one published while the handler still drains the
+	// burst's buffer can itself be dropped (seen once in CI), which is the behaviour under test.
+	published := 400
 	for {
+		if err := b.Publish("slow.a", []byte("after")); err != nil {
+			t.Fatal(err)
+		}
+		published++
 		mu.Lock()
 		last := ""
 		if len(got) > 0 {
@@ -102,8 +106,22 @@ func TestSlowHandlerDropsWithoutBlocking(t *testing.T) {
 		}
 		select {
 		case <-arrived:
+		case <-time.After(100 * time.Millisecond):
 		case <-ctx.Done():
 			t.Fatal("no delivery after the handler caught up")
+		}
+	}
+	// Every message is accounted for once the repeats still in flight land.
+	count := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got) + int(b.Stats().Dropped)
+	}
+	for count() < published {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("delivered + dropped = %d of %d published", count(), published)
+		case <-time.After(5 * time.Millisecond):
 		}
 	}
 	st := b.Stats()
@@ -111,8 +129,11 @@ func TestSlowHandlerDropsWithoutBlocking(t *testing.T) {
 	if st.Dropped == 0 || st.SlowConsumerEvents == 0 {
 		t.Errorf("stats %+v: want drops and slow-consumer events counted", st)
 	}
-	if st.Dropped+uint64(len(got)) != 401 {
-		t.Errorf("delivered %d + dropped %d != 401 published", len(got), st.Dropped)
+	mu.Lock()
+	delivered := len(got)
+	mu.Unlock()
+	if st.Dropped+uint64(delivered) != uint64(published) {
+		t.Errorf("delivered %d + dropped %d != %d published", delivered, st.Dropped, published)
 	}
 	// Logged, but rate-limited: one line for both subscriptions going slow.
 	for !strings.Contains(logs.String(), "dropping messages") {
