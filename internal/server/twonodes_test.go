@@ -119,8 +119,10 @@ func TestTwoNodesOneDatabase(t *testing.T) {
 	stop := time.Now().Add(dur)
 	var sent atomic.Int64
 	var wg sync.WaitGroup
-	for i, d := range devices {
+	for i := range devices { // before any reader starts: they read the map
 		got[strconv.Itoa(i)] = map[key2]int{}
+	}
+	for i, d := range devices {
 		conv := groupIDs[i/members]
 		wg.Go(func() {
 			pending := ""
