@@ -2,14 +2,11 @@ package postgres
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"slices"
-	"strconv"
-	"strings"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -171,13 +168,6 @@ func view(ctx context.Context, q querier, id, userID string) (protocol.Conversat
 	return cs[0], nil
 }
 
-func directKey(a, b string) string {
-	if b < a {
-		a, b = b, a
-	}
-	return a + "|" + b
-}
-
 // CreateDirect implements store.Conversations. The insert names the pair's unique key as its
 // conflict target: of two processes creating the same pair at once, one inserts and the
 // other waits for its commit and then reads its conversation.
@@ -191,7 +181,7 @@ func (db *DB) CreateDirect(ctx context.Context, id, a, b string, ts int64) (prot
 	var created bool
 	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
 		created = false
-		key := directKey(a, b)
+		key := store.DirectKey(a, b)
 		var existing string
 		err := tx.QueryRow(ctx, `SELECT id FROM conversations WHERE direct_key = $1`, key).Scan(&existing)
 		if errors.Is(err, pgx.ErrNoRows) {
@@ -248,27 +238,7 @@ func (db *DB) CreateGroup(ctx context.Context, c protocol.Conversation, creatorI
 		return protocol.Conversation{}, protocol.Message{}, err
 	}
 	defer db.leave()
-	members := make([]protocol.Member, 0, len(c.Members)+1)
-	seen := make(map[string]bool, len(c.Members)+1)
-	hasCreator := false
-	for _, m := range c.Members {
-		if seen[m.UserID] {
-			continue
-		}
-		seen[m.UserID] = true
-		if m.UserID == creatorID {
-			m.Role = protocol.RoleAdmin
-			hasCreator = true
-		}
-		members = append(members, m)
-	}
-	if !hasCreator {
-		members = append([]protocol.Member{{UserID: creatorID, Role: protocol.RoleAdmin}}, members...)
-	}
-	ids := make([]string, len(members))
-	for i, m := range members {
-		ids[i] = m.UserID
-	}
+	members, ids := store.GroupMembers(c, creatorID)
 	msg := protocol.Message{
 		ConversationID: c.ID, Seq: 1, ID: uuid.NewString(), SenderID: creatorID, Kind: protocol.KindSystem,
 		System: &protocol.SystemEvent{Action: protocol.SysCreated, ActorID: creatorID, UserIDs: ids, Name: c.Name},
@@ -442,7 +412,7 @@ func (db *DB) ConversationsOf(ctx context.Context, userID, cursor string, limit 
 	}
 	curTS, curID := int64(math.MaxInt64), ""
 	if cursor != "" {
-		ts, id, err := decodeCursor(cursor)
+		ts, id, err := store.DecodeListCursor(cursor)
 		if err != nil {
 			return nil, "", fmt.Errorf("postgres: %s: %w", op, err)
 		}
@@ -509,7 +479,7 @@ func (db *DB) ConversationsOf(ctx context.Context, userID, cursor string, limit 
 		if len(found) > limit {
 			found = found[:limit]
 			last := found[limit-1]
-			next = encodeCursor(last.ts, last.id)
+			next = store.EncodeListCursor(last.ts, last.id)
 		}
 		ids := make([]string, len(found))
 		for i, c := range found {
@@ -526,23 +496,6 @@ func (db *DB) ConversationsOf(ctx context.Context, userID, cursor string, limit 
 		return nil, "", wrap(op, err)
 	}
 	return cs, next, nil
-}
-
-func encodeCursor(ts int64, id string) string {
-	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(ts, 10) + ":" + id))
-}
-
-func decodeCursor(cursor string) (int64, string, error) {
-	b, err := base64.RawURLEncoding.DecodeString(cursor)
-	if err != nil {
-		return 0, "", store.ErrBadCursor
-	}
-	tsText, id, ok := strings.Cut(string(b), ":")
-	ts, err := strconv.ParseInt(tsText, 10, 64)
-	if !ok || err != nil {
-		return 0, "", store.ErrBadCursor
-	}
-	return ts, id, nil
 }
 
 // MemberIDs implements store.Conversations.

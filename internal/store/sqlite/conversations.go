@@ -3,14 +3,11 @@ package sqlite
 import (
 	"context"
 	"database/sql"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"sort"
-	"strconv"
-	"strings"
 
 	"github.com/google/uuid"
 
@@ -180,14 +177,6 @@ func scanMessage(convID string, sc interface{ Scan(...any) error }) (protocol.Me
 	return m, nil
 }
 
-// directKey is the unique key of the direct conversation between a and b, in either order.
-func directKey(a, b string) string {
-	if b < a {
-		a, b = b, a
-	}
-	return a + "|" + b
-}
-
 // CreateDirect implements store.Conversations. The lookup and the insert run in one write
 // transaction, and writes are serialised, so concurrent calls for a pair find the first one's
 // conversation; the unique direct_key backs that up. The conversation is returned as a sees
@@ -201,7 +190,7 @@ func (s *Store) CreateDirect(ctx context.Context, id, a, b string, ts int64) (pr
 	var c protocol.Conversation
 	var created bool
 	err := s.write(ctx, func(tx *sql.Tx) error {
-		key := directKey(a, b)
+		key := store.DirectKey(a, b)
 		var existing string
 		err := s.wtx(tx).QueryRowContext(ctx, `SELECT id FROM conversations WHERE direct_key = ?`, key).Scan(&existing)
 		switch {
@@ -300,27 +289,7 @@ func (s *Store) CreateGroup(ctx context.Context, c protocol.Conversation, creato
 	}
 	defer s.leave()
 
-	members := make([]protocol.Member, 0, len(c.Members)+1)
-	seen := make(map[string]bool, len(c.Members)+1)
-	hasCreator := false
-	for _, m := range c.Members {
-		if seen[m.UserID] {
-			continue
-		}
-		seen[m.UserID] = true
-		if m.UserID == creatorID {
-			m.Role = protocol.RoleAdmin
-			hasCreator = true
-		}
-		members = append(members, m)
-	}
-	if !hasCreator {
-		members = append([]protocol.Member{{UserID: creatorID, Role: protocol.RoleAdmin}}, members...)
-	}
-	ids := make([]string, len(members))
-	for i, m := range members {
-		ids[i] = m.UserID
-	}
+	members, ids := store.GroupMembers(c, creatorID)
 	msg := protocol.Message{
 		ConversationID: c.ID,
 		Seq:            1,
@@ -502,7 +471,7 @@ func (s *Store) ConversationsOf(ctx context.Context, userID, cursor string, limi
 	limit = limitOrDefault(limit)
 	curTS, curID := int64(math.MaxInt64), ""
 	if cursor != "" {
-		ts, id, err := decodeCursor(cursor)
+		ts, id, err := store.DecodeListCursor(cursor)
 		if err != nil {
 			return nil, "", fmt.Errorf("sqlite: %s: %w", op, err)
 		}
@@ -560,7 +529,7 @@ func (s *Store) ConversationsOf(ctx context.Context, userID, cursor string, limi
 		}
 		if len(found) > limit {
 			found = found[:limit]
-			next = encodeCursor(found[limit-1].ts, found[limit-1].id)
+			next = store.EncodeListCursor(found[limit-1].ts, found[limit-1].id)
 		}
 		rs := make([]convRow, 0, len(found))
 		for _, c := range found {
@@ -595,23 +564,6 @@ func (s *Store) queryConvRows(ctx context.Context, tx *sql.Tx, q string, args ..
 		rs = append(rs, r)
 	}
 	return rs, rows.Err()
-}
-
-func encodeCursor(ts int64, id string) string {
-	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(ts, 10) + ":" + id))
-}
-
-func decodeCursor(cursor string) (int64, string, error) {
-	b, err := base64.RawURLEncoding.DecodeString(cursor)
-	if err != nil {
-		return 0, "", store.ErrBadCursor
-	}
-	tsText, id, ok := strings.Cut(string(b), ":")
-	ts, err := strconv.ParseInt(tsText, 10, 64)
-	if !ok || err != nil {
-		return 0, "", store.ErrBadCursor
-	}
-	return ts, id, nil
 }
 
 // MemberIDs implements store.Conversations.
